@@ -1,0 +1,121 @@
+//! `vmfinal compact IN [-o OUT]`: convert to compressed qcow2, seekable .zst
+//! or sparse raw.
+
+use std::path::PathBuf;
+
+use crate::cli::parse_size;
+use crate::convert::{self, ConvertRequest};
+use crate::image::ImageFormat;
+use crate::image::qcow2::Compression;
+
+/// Output options shared by `compact`, `expand` and `finalize`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct OutputArgs {
+    /// Output file [default: beside IN, with the new extension]
+    #[arg(short = 'o', long = "output", value_name = "OUT")]
+    pub output: Option<PathBuf>,
+    /// Output format [default: from OUT's extension, else qcow2]
+    #[arg(short = 'O', long = "output-format", value_name = "FMT")]
+    pub output_format: Option<ImageFormat>,
+    /// qcow2 cluster compression: zlib (every QEMU) or zstd (QEMU 5.1+)
+    #[arg(long, default_value = "zlib")]
+    pub compression: Compression,
+    /// Compression level [default: zlib 6, zstd 3]
+    #[arg(long, allow_hyphen_values = true)]
+    pub level: Option<i32>,
+    /// Worker threads [default: all cores]
+    #[arg(long)]
+    pub threads: Option<usize>,
+    /// qcow2 cluster size, 4K to 2M
+    #[arg(long, value_parser = parse_size, default_value = "64K")]
+    pub cluster_size: u64,
+    /// .zst frame size (the unit of parallel work and of seeking)
+    #[arg(long, value_parser = parse_size, default_value = "4M")]
+    pub frame_size: u64,
+    /// Overwrite OUT if it exists
+    #[arg(short, long)]
+    pub force: bool,
+    /// Print the report as JSON on stdout
+    #[arg(long)]
+    pub json: bool,
+    /// No progress bar and no summary line
+    #[arg(short, long)]
+    pub quiet: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct CompactArgs {
+    /// Input image (raw, qcow2 or .zst)
+    pub input: PathBuf,
+    /// Input format [default: probed by magic]
+    #[arg(long = "format", value_name = "FMT")]
+    pub format: Option<ImageFormat>,
+    /// Copy filesystem free space too, instead of skipping it as zeros
+    #[arg(long)]
+    pub no_fs_aware: bool,
+    #[command(flatten)]
+    pub out: OutputArgs,
+}
+
+impl OutputArgs {
+    /// Builds a conversion request for `input`, with `fallback` as the output
+    /// format when neither -O nor the extension says.
+    pub fn request(
+        &self,
+        input: PathBuf,
+        input_format: Option<ImageFormat>,
+        fallback: ImageFormat,
+    ) -> ConvertRequest {
+        let format = self
+            .output_format
+            .or_else(|| {
+                self.output
+                    .as_deref()
+                    .and_then(convert::format_from_extension)
+            })
+            .unwrap_or(fallback);
+        let output = self
+            .output
+            .clone()
+            .unwrap_or_else(|| convert::default_output(&input, format));
+        ConvertRequest {
+            input,
+            input_format,
+            output,
+            output_format: format,
+            compression: self.compression,
+            level: self.level,
+            threads: super::threads_or_default(self.threads),
+            cluster_size: self.cluster_size,
+            frame_size: self.frame_size,
+            force: self.force,
+            quiet: self.quiet,
+            fs_aware: true,
+        }
+    }
+}
+
+pub fn run(args: &CompactArgs) -> anyhow::Result<super::ExitCode> {
+    let mut req = args
+        .out
+        .request(args.input.clone(), args.format, ImageFormat::Qcow2);
+    req.fs_aware = !args.no_fs_aware;
+    let report = convert::convert(&req)?;
+    emit(&report, "compact", &args.out);
+    Ok(0)
+}
+
+/// Prints warnings and the summary (stderr) and the JSON report (stdout).
+pub fn emit(report: &crate::report::ConvertReport, command: &str, out: &OutputArgs) {
+    for w in &report.warnings {
+        eprintln!("vmfinal: warning: {w}");
+    }
+    if out.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report.to_json(command)).unwrap_or_default()
+        );
+    } else if !out.quiet {
+        eprintln!("{}", report.summary_line());
+    }
+}

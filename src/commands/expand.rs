@@ -1,0 +1,36 @@
+//! `vmfinal expand IN -o OUT.raw`: qcow2 or .zst back to a sparse raw file.
+
+use std::path::PathBuf;
+
+use super::compact::OutputArgs;
+use crate::convert;
+use crate::image::ImageFormat;
+
+#[derive(Debug, clap::Args)]
+pub struct ExpandArgs {
+    /// Input image (qcow2 or .zst)
+    pub input: PathBuf,
+    /// Input format [default: probed by magic]
+    #[arg(long = "format", value_name = "FMT")]
+    pub format: Option<ImageFormat>,
+    #[command(flatten)]
+    pub out: OutputArgs,
+}
+
+pub fn run(args: &ExpandArgs) -> anyhow::Result<super::ExitCode> {
+    let mut req = args
+        .out
+        .request(args.input.clone(), args.format, ImageFormat::Raw);
+    if args.out.output_format.is_none() {
+        // expand always means raw, whatever OUT is called.
+        req.output_format = ImageFormat::Raw;
+        if args.out.output.is_none() {
+            req.output = convert::default_output(&args.input, ImageFormat::Raw);
+        }
+    }
+    // Expanding restores the image as it was: free space is copied.
+    req.fs_aware = false;
+    let report = convert::convert(&req)?;
+    super::compact::emit(&report, "expand", &args.out);
+    Ok(0)
+}

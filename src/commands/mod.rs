@@ -1,0 +1,20 @@
+//! One file per subcommand: each ties the library together for one job and
+//! holds no format logic of its own.
+
+pub mod analyze;
+pub mod check;
+pub mod compact;
+pub mod expand;
+pub mod info;
+
+/// Outcome of a command: the process exit code.
+pub type ExitCode = i32;
+
+/// Number of worker threads: `--threads`, or every core.
+pub fn threads_or_default(threads: Option<usize>) -> usize {
+    threads.filter(|&n| n > 0).unwrap_or_else(|| {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    })
+}

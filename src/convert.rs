@@ -1,0 +1,227 @@
+//! One conversion, start to finish: open the input, work out which guest
+//! ranges hold data (holes and, when allowed, filesystem free space are left
+//! out), run the pipeline into the chosen writer under a temporary name, and
+//! rename it into place. `compact`, `expand` and `finalize` all come here.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::Context;
+
+use crate::extent;
+use crate::fs::FsScan;
+use crate::image::qcow2::Compression;
+use crate::image::qcow2::writer::{Qcow2Writer, Qcow2WriterOptions, cluster_encoder};
+use crate::image::zst::{ZstWriter, frame_encoder};
+use crate::image::{self, ImageFormat};
+use crate::output::raw::RawWriter;
+use crate::output::{OutputError, TempOutput, same_file};
+use crate::pipeline::{self, EncoderFactory, PipelineConfig, PipelineStats};
+use crate::report::{ConvertReport, ImageSummary, OutputSummary, Progress};
+
+/// Default qcow2 cluster size, as qemu-img.
+pub const DEFAULT_CLUSTER_SIZE: u64 = 64 << 10;
+/// Default `.zst` frame size: large enough for zstd -3's ratio, small enough
+/// for parallel work and seeking.
+pub const DEFAULT_FRAME_SIZE: u64 = 4 << 20;
+/// Zero-detection granularity of sparse raw output (qemu-img's `-S` default).
+pub const RAW_ZERO_GRANULARITY: u64 = 4 << 10;
+/// Guest bytes per pipeline job, at least.
+const MIN_JOB_BYTES: u64 = 1 << 20;
+
+/// Default compression levels, chosen from `scripts/bench.sh` (see README).
+pub fn default_level(format: ImageFormat, compression: Compression) -> i32 {
+    match (format, compression) {
+        (ImageFormat::Zst, _) => 3,
+        (_, Compression::Zlib) => 6,
+        (_, Compression::Zstd) => 3,
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ConvertRequest {
+    pub input: PathBuf,
+    pub input_format: Option<ImageFormat>,
+    pub output: PathBuf,
+    pub output_format: ImageFormat,
+    pub compression: Compression,
+    pub level: Option<i32>,
+    pub threads: usize,
+    pub cluster_size: u64,
+    pub frame_size: u64,
+    pub force: bool,
+    pub quiet: bool,
+    /// Treat filesystem free space as zeros (never read it).
+    pub fs_aware: bool,
+}
+
+/// Runs one conversion and returns its report.
+pub fn convert(req: &ConvertRequest) -> anyhow::Result<ConvertReport> {
+    let started = Instant::now();
+    let src = image::open(&req.input, req.input_format)?;
+    if same_file(&req.input, &req.output) {
+        return Err(OutputError::SameAsInput(req.output.clone()).into());
+    }
+    validate(req)?;
+    let vsize = src.virtual_size();
+
+    let allocated = extent::normalize(src.data_extents()?);
+    let scan = if req.fs_aware {
+        crate::fs::scan(src.as_ref())
+    } else {
+        FsScan::default()
+    };
+    let free_in_data = extent::total(&extent::clip(
+        &extent::subtract(&allocated, &extent::subtract(&allocated, &scan.free)),
+        0,
+        vsize,
+    ));
+    let to_read = extent::subtract(&allocated, &scan.free);
+
+    let out = TempOutput::create(&req.output, req.force)?;
+    let file = out.try_clone_file()?;
+    let tmp = out.tmp_path().to_owned();
+    let level = req
+        .level
+        .unwrap_or_else(|| default_level(req.output_format, req.compression));
+    let pref = src.preferred_read_size().unwrap_or(1);
+
+    let progress = Progress::new(vsize, req.quiet);
+    let on_progress = |n: u64| progress.advance(n);
+    let (stats, out_bytes, unit): (PipelineStats, u64, u64) = match req.output_format {
+        ImageFormat::Qcow2 => {
+            let unit = req.cluster_size;
+            let cfg = config(unit, pref, req.threads);
+            let mut w = Qcow2Writer::new(
+                file,
+                tmp.clone(),
+                Qcow2WriterOptions {
+                    virtual_size: vsize,
+                    cluster_size: unit,
+                    compression: req.compression,
+                },
+            )?;
+            let (c, cs) = (req.compression, unit);
+            let factory = move || cluster_encoder(c, Some(level), cs);
+            let f: &EncoderFactory<'_> = &factory;
+            let stats = pipeline::run(src.as_ref(), &to_read, &cfg, Some(f), &mut w, &on_progress)?;
+            (stats, w.finish()?, unit)
+        }
+        ImageFormat::Zst => {
+            let unit = req.frame_size;
+            let cfg = config(unit, pref, req.threads);
+            let mut w = ZstWriter::new(file, tmp.clone(), vsize, unit, level)?;
+            let factory = move || frame_encoder(level);
+            let f: &EncoderFactory<'_> = &factory;
+            let stats = pipeline::run(src.as_ref(), &to_read, &cfg, Some(f), &mut w, &on_progress)?;
+            (stats, w.finish()?, unit)
+        }
+        ImageFormat::Raw => {
+            let unit = RAW_ZERO_GRANULARITY;
+            let cfg = config(unit, pref, req.threads);
+            let mut w = RawWriter::new(file, tmp.clone(), unit, vsize);
+            let stats = pipeline::run(src.as_ref(), &to_read, &cfg, None, &mut w, &on_progress)?;
+            w.finish()?;
+            let alloc = std::fs::metadata(&tmp)
+                .map(|m| image::allocated_bytes(&m))
+                .unwrap_or(0);
+            (stats, alloc, unit)
+        }
+    };
+    progress.finish();
+    out.commit()
+        .with_context(|| format!("could not finish {}", req.output.display()))?;
+
+    let seconds = started.elapsed().as_secs_f64();
+    Ok(ConvertReport {
+        input: ImageSummary {
+            path: req.input.clone(),
+            format: src.format(),
+            virtual_size: vsize,
+            allocated_bytes: extent::total(&allocated),
+            host_bytes: src.host_allocated_bytes(),
+        },
+        output: OutputSummary {
+            path: req.output.clone(),
+            format: req.output_format,
+            bytes: out_bytes,
+            compression: match req.output_format {
+                ImageFormat::Qcow2 => Some(req.compression.to_string()),
+                ImageFormat::Zst => Some("zstd".into()),
+                ImageFormat::Raw => None,
+            },
+            level: (req.output_format != ImageFormat::Raw).then_some(level),
+            unit_size: unit,
+        },
+        stats,
+        fs_free_skipped: free_in_data,
+        filesystems: scan.partitions,
+        warnings: scan.warnings,
+        seconds,
+    })
+}
+
+fn config(unit: u64, preferred_read: u64, threads: usize) -> PipelineConfig {
+    // A job is whole units and whole input frames/clusters, and at least 1 MiB.
+    let mut job = unit.max(MIN_JOB_BYTES);
+    if preferred_read > job {
+        job = preferred_read.div_ceil(unit) * unit;
+    }
+    PipelineConfig {
+        unit,
+        job_bytes: job,
+        threads,
+        queue_depth: threads * 4,
+    }
+}
+
+fn validate(req: &ConvertRequest) -> anyhow::Result<()> {
+    let cs = req.cluster_size;
+    if req.output_format == ImageFormat::Qcow2
+        && (!cs.is_power_of_two() || !(4096..=2 << 20).contains(&cs))
+    {
+        anyhow::bail!("--cluster-size must be a power of two from 4K to 2M, not {cs}");
+    }
+    let fs = req.frame_size;
+    if req.output_format == ImageFormat::Zst && !(64 << 10..=1 << 30).contains(&fs) {
+        anyhow::bail!("--frame-size must be between 64K and 1G, not {fs}");
+    }
+    if let Some(l) = req.level {
+        let ok = match (req.output_format, req.compression) {
+            (ImageFormat::Qcow2, Compression::Zlib) => (0..=9).contains(&l),
+            (ImageFormat::Raw, _) => true,
+            _ => (-7..=22).contains(&l) && l != 0,
+        };
+        if !ok {
+            anyhow::bail!("--level {l} is out of range (zlib: 0-9, zstd: -7..22 except 0)");
+        }
+    }
+    Ok(())
+}
+
+/// The output path used when none is given: beside the input, with the new
+/// extension (`disk.raw` -> `disk.qcow2`); `NAME.compact.EXT` if that would be
+/// the input itself.
+pub fn default_output(input: &Path, format: ImageFormat) -> PathBuf {
+    let ext = match format {
+        ImageFormat::Qcow2 => "qcow2",
+        ImageFormat::Zst => "zst",
+        ImageFormat::Raw => "raw",
+    };
+    let out = input.with_extension(ext);
+    if out == input {
+        input.with_extension(format!("compact.{ext}"))
+    } else {
+        out
+    }
+}
+
+/// The output format named by a path's extension, if any.
+pub fn format_from_extension(path: &Path) -> Option<ImageFormat> {
+    match path.extension()?.to_str()?.to_ascii_lowercase().as_str() {
+        "qcow2" | "qcow" => Some(ImageFormat::Qcow2),
+        "zst" | "zstd" => Some(ImageFormat::Zst),
+        "raw" | "img" => Some(ImageFormat::Raw),
+        _ => None,
+    }
+}

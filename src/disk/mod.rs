@@ -1,0 +1,2 @@
+//! Partition tables (MBR, GPT).
+//! TODO(helper): implement.

@@ -1,0 +1,2 @@
+//! `vmfinal check` for qcow2: headers, tables, refcounts.
+//! TODO(helper): implement.

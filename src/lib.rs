@@ -1,0 +1,17 @@
+//! vmfinal: finalize and compact VM disk images.
+//!
+//! The library holds every piece the `vmfinal` binary ties together; `main.rs`
+//! only parses arguments, dispatches to `commands`, and maps errors to exit codes.
+#![deny(unsafe_op_in_unsafe_fn)]
+
+pub mod cli;
+pub mod commands;
+pub mod convert;
+pub mod disk;
+pub mod extent;
+pub mod fs;
+pub mod image;
+pub mod interrupt;
+pub mod output;
+pub mod pipeline;
+pub mod report;

@@ -1,0 +1,49 @@
+//! The `vmfinal` binary: parse, dispatch, map errors to exit codes.
+
+use clap::Parser;
+use vmfinal::cli::{Cli, Command};
+use vmfinal::commands;
+use vmfinal::pipeline::PipelineError;
+
+/// Exit code after SIGINT/SIGTERM, as shells report it.
+const EXIT_INTERRUPTED: i32 = 130;
+
+fn main() {
+    let cli = Cli::parse();
+    if let Err(e) = vmfinal::interrupt::install() {
+        eprintln!("vmfinal: cannot install signal handlers: {e}");
+        std::process::exit(1);
+    }
+    let result = match &cli.command {
+        Command::Compact(a) => commands::compact::run(a),
+        Command::Expand(a) => commands::expand::run(a),
+        Command::Check(a) => commands::check::run(a),
+        Command::Info(a) => commands::info::run(a),
+        Command::Analyze(a) => commands::analyze::run(a),
+    };
+    match result {
+        Ok(code) => std::process::exit(code),
+        Err(e) => {
+            if matches!(
+                e.downcast_ref::<PipelineError>(),
+                Some(PipelineError::Interrupted)
+            ) {
+                eprintln!("vmfinal: interrupted; no output was left behind");
+                std::process::exit(EXIT_INTERRUPTED);
+            }
+            // One line: the error and its causes, joined.
+            let msg = e.chain().map(|c| c.to_string()).collect::<Vec<_>>();
+            let mut line = String::new();
+            for m in msg {
+                if !line.contains(&m) {
+                    if !line.is_empty() {
+                        line.push_str(": ");
+                    }
+                    line.push_str(&m);
+                }
+            }
+            eprintln!("vmfinal: error: {line}");
+            std::process::exit(1);
+        }
+    }
+}
