@@ -1,0 +1,94 @@
+#!/usr/bin/env bash
+# Times vmfinal against its peers, side by side, on the same image in one run:
+#   qcow2/zlib  vs qemu-img convert -c (default, and -m 16 -W)
+#   qcow2/zstd  vs the same with -o compression_type=zstd
+#   .zst        vs zstd -T0 -3 on the raw file
+# and prints, per row, the median wall time, CPU time, peak RSS and output
+# bytes over RUNS runs, with the ratios peer/vmfinal (time) and vmfinal/peer (size).
+#
+#   scripts/bench.sh [--runs N] [--data-mib MIB] [--image RAW] [--workdir DIR]
+#
+# Needs: cargo, qemu-img, zstd, GNU time (/usr/bin/time), e2fsprogs, sfdisk.
+set -euo pipefail
+runs=3
+data_mib=2048
+image=
+workdir=
+while [ $# -gt 0 ]; do
+  case $1 in
+    --runs) runs=$2; shift 2 ;;
+    --data-mib) data_mib=$2; shift 2 ;;
+    --image) image=$2; shift 2 ;;
+    --workdir) workdir=$2; shift 2 ;;
+    *) echo "usage: $0 [--runs N] [--data-mib MIB] [--image RAW] [--workdir DIR]" >&2; exit 2 ;;
+  esac
+done
+here=$(cd "$(dirname "$0")/.." && pwd)
+cd "$here"
+for t in qemu-img zstd /usr/bin/time; do
+  command -v "$t" >/dev/null || { echo "bench.sh: $t is missing" >&2; exit 1; }
+done
+cargo build --release --quiet
+vm="$here/target/release/vmfinal"
+
+own_workdir=
+if [ -z "$workdir" ]; then workdir=$(mktemp -d /var/tmp/vmfinal-bench.XXXXXX); own_workdir=1; fi
+cleanup() { if [ -n "$own_workdir" ]; then rm -rf "$workdir"; else rm -f "$workdir"/out.*; fi; }
+trap cleanup EXIT
+if [ -z "$image" ]; then
+  image="$workdir/bench.raw"
+  "$here/scripts/make-bench-image.sh" "$image" "$data_mib"
+fi
+cores=$(nproc)
+echo "image: $image  virtual $(stat -c %s "$image") B, allocated $(( $(stat -c %b "$image") * 512 )) B; cores: $cores; runs: $runs"
+
+results="$workdir/results.tsv"
+: > "$results"
+# run NAME OUTFILE CMD...: RUNS timed runs; records wall, cpu, maxrss_kib, bytes.
+run() {
+  local name=$1 out=$2; shift 2
+  local i
+  for i in $(seq "$runs"); do
+    rm -f "$out"
+    sync
+    /usr/bin/time -f '%e %U %S %M' -o "$workdir/time.txt" "$@" >/dev/null 2>"$workdir/err.txt" ||
+      { echo "bench.sh: '$name' failed:" >&2; cat "$workdir/err.txt" >&2; exit 1; }
+    read -r wall usr sys rss < "$workdir/time.txt"
+    printf '%s\t%s\t%s\t%s\t%s\n' "$name" "$wall" "$(awk -v a="$usr" -v b="$sys" 'BEGIN{print a+b}')" "$rss" "$(stat -c %s "$out")" >> "$results"
+  done
+  rm -f "$out"
+}
+
+q="$workdir/out.qcow2"; z="$workdir/out.zst"
+# Warm the page cache once so every tool reads the same cached file.
+cat "$image" > /dev/null
+run "vmfinal qcow2 zlib"            "$q" "$vm" compact -q --force "$image" -o "$q" --compression zlib
+run "qemu-img -c zlib"              "$q" qemu-img convert -c -O qcow2 "$image" "$q"
+run "qemu-img -c zlib -m16 -W"      "$q" qemu-img convert -c -O qcow2 -m 16 -W "$image" "$q"
+run "vmfinal qcow2 zstd"            "$q" "$vm" compact -q --force "$image" -o "$q" --compression zstd
+run "qemu-img -c zstd"              "$q" qemu-img convert -c -O qcow2 -o compression_type=zstd "$image" "$q"
+run "qemu-img -c zstd -m16 -W"      "$q" qemu-img convert -c -O qcow2 -o compression_type=zstd -m 16 -W "$image" "$q"
+run "vmfinal .zst"                  "$z" "$vm" compact -q --force "$image" -o "$z"
+run "zstd -T0 -3"                   "$z" zstd -q -f -T0 -3 "$image" -o "$z"
+
+python3 - "$results" <<'PY'
+import sys, statistics, collections
+rows = collections.OrderedDict()
+for line in open(sys.argv[1]):
+    name, wall, cpu, rss, size = line.rstrip("\n").split("\t")
+    rows.setdefault(name, []).append((float(wall), float(cpu), int(rss), int(size)))
+med = {n: tuple(statistics.median(x[i] for x in v) for i in range(4)) for n, v in rows.items()}
+peers = {
+    "qemu-img -c zlib": "vmfinal qcow2 zlib", "qemu-img -c zlib -m16 -W": "vmfinal qcow2 zlib",
+    "qemu-img -c zstd": "vmfinal qcow2 zstd", "qemu-img -c zstd -m16 -W": "vmfinal qcow2 zstd",
+    "zstd -T0 -3": "vmfinal .zst",
+}
+print(f"{'tool':28} {'wall s':>8} {'cpu s':>8} {'RSS MiB':>8} {'output MiB':>11} {'speedup':>8} {'size':>7}")
+for n, (wall, cpu, rss, size) in med.items():
+    extra = ""
+    if n in peers:
+        v = med[peers[n]]
+        extra = f"{wall / v[0]:7.2f}x {v[3] / size:6.3f}x"
+    print(f"{n:28} {wall:8.2f} {cpu:8.2f} {rss / 1024:8.1f} {size / 2**20:11.1f} {extra}")
+print("speedup = peer wall / vmfinal wall (higher is better for vmfinal); size = vmfinal bytes / peer bytes (lower is better)")
+PY

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Installs the system packages vmfinal's tests, scripts and benchmarks use.
+# Idempotent; needs root. qemu-utils comes from bookworm-backports (qemu 10),
+# matching the developers' machines; installing plain bookworm's qemu (7.2)
+# would replace it.
+set -euo pipefail
+export DEBIAN_FRONTEND=noninteractive
+if [ "$(id -u)" -ne 0 ]; then echo "install-deps.sh: run as root" >&2; exit 1; fi
+. /etc/os-release
+src=/etc/apt/sources.list.d/vmfinal-backports.sources
+if [ "${VERSION_CODENAME:-}" = bookworm ] && ! grep -rqs 'bookworm-backports' /etc/apt/sources.list /etc/apt/sources.list.d/; then
+  cat > "$src" <<SRC
+Types: deb
+URIs: http://deb.debian.org/debian
+Suites: bookworm-backports
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+SRC
+fi
+apt-get update -qq
+pkgs=(zstd e2fsprogs xfsprogs btrfs-progs zerofree fdisk gdisk parted rsync util-linux mount
+      attr acl time debootstrap python3 gcc make pkg-config dosfstools kmod)
+apt-get install -y -qq --no-install-recommends "${pkgs[@]}" >/dev/null
+if [ "${VERSION_CODENAME:-}" = bookworm ]; then
+  apt-get install -y -qq --no-install-recommends -t bookworm-backports qemu-utils >/dev/null
+else
+  apt-get install -y -qq --no-install-recommends qemu-utils >/dev/null
+fi
+qemu-img --version | head -1
