@@ -4,6 +4,7 @@
 //! only parses arguments, dispatches to `commands`, and maps errors to exit codes.
 #![deny(unsafe_op_in_unsafe_fn)]
 
+pub mod artifact;
 pub mod cli;
 pub mod commands;
 pub mod convert;

@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 #[test]
 fn missing_input() {
     let d = tempfile::tempdir().unwrap();
-    let out = run(vmfinal().args(["compact", "/nonexistent/disk.raw", "-o"]).arg(d.path().join("o.qcow2")));
+    let out = run(vmfinal()
+        .args(["compact", "/nonexistent/disk.raw", "-o"])
+        .arg(d.path().join("o.qcow2")));
     let e = assert_clean_failure(&out);
     assert!(e.contains("No such file"), "{e}");
     assert_only(d.path(), &[]);
@@ -19,7 +21,11 @@ fn missing_input() {
 #[test]
 fn directory_input() {
     let d = tempfile::tempdir().unwrap();
-    let out = run(vmfinal().arg("compact").arg(d.path()).arg("-o").arg(d.path().join("o.qcow2")));
+    let out = run(vmfinal()
+        .arg("compact")
+        .arg(d.path())
+        .arg("-o")
+        .arg(d.path().join("o.qcow2")));
     let e = assert_clean_failure(&out);
     assert!(e.contains("is a directory"), "{e}");
     assert_only(d.path(), &[]);
@@ -35,8 +41,17 @@ fn existing_output_needs_force() {
     let e = assert_clean_failure(&out);
     assert!(e.contains("--force"), "{e}");
     assert_eq!(std::fs::read(&outp).unwrap(), b"keep me");
-    ok(vmfinal().arg("compact").arg("-q").arg("--force").arg(&input).arg("-o").arg(&outp));
-    assert_eq!(std::fs::read(&outp).unwrap(), std::fs::read(&input).unwrap());
+    ok(vmfinal()
+        .arg("compact")
+        .arg("-q")
+        .arg("--force")
+        .arg(&input)
+        .arg("-o")
+        .arg(&outp));
+    assert_eq!(
+        std::fs::read(&outp).unwrap(),
+        std::fs::read(&input).unwrap()
+    );
     assert_only(d.path(), &["in.raw", "o.raw"]);
 }
 
@@ -45,7 +60,12 @@ fn output_onto_input_is_refused() {
     let d = tempfile::tempdir().unwrap();
     let input = mixed_raw(&d.path().join("in.raw"), 4 << 20, 2);
     let before = std::fs::read(&input).unwrap();
-    let out = run(vmfinal().arg("compact").arg("--force").arg(&input).arg("-o").arg(&input));
+    let out = run(vmfinal()
+        .arg("compact")
+        .arg("--force")
+        .arg(&input)
+        .arg("-o")
+        .arg(&input));
     let e = assert_clean_failure(&out);
     assert!(e.contains("overwrite the input"), "{e}");
     assert_eq!(std::fs::read(&input).unwrap(), before);
@@ -75,7 +95,12 @@ fn bad_options_are_refused() {
         vec!["--cluster-size", "4M"],
         vec!["--compression", "zlib", "--level", "12"],
     ] {
-        let out = run(vmfinal().arg("compact").arg(&input).arg("-o").arg(d.path().join("o.qcow2")).args(&args));
+        let out = run(vmfinal()
+            .arg("compact")
+            .arg(&input)
+            .arg("-o")
+            .arg(d.path().join("o.qcow2"))
+            .args(&args));
         assert_clean_failure(&out);
     }
     assert_only(d.path(), &["in.raw"]);
@@ -92,7 +117,9 @@ fn full_disk() {
     let input = mixed_raw(&d.path().join("in.raw"), 32 << 20, 5);
     let mnt = d.path().join("small");
     std::fs::create_dir(&mnt).unwrap();
-    ok(std::process::Command::new("mount").args(["-t", "tmpfs", "-o", "size=2m", "vmfinal-test"]).arg(&mnt));
+    ok(std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=2m", "vmfinal-test"])
+        .arg(&mnt));
     struct Unmount(std::path::PathBuf);
     impl Drop for Unmount {
         fn drop(&mut self) {
@@ -101,7 +128,11 @@ fn full_disk() {
     }
     let _guard = Unmount(mnt.clone());
     for o in ["o.raw", "o.qcow2", "o.zst"] {
-        let out = run(vmfinal().arg("compact").arg(&input).arg("-o").arg(mnt.join(o)));
+        let out = run(vmfinal()
+            .arg("compact")
+            .arg(&input)
+            .arg("-o")
+            .arg(mnt.join(o)));
         let e = assert_clean_failure(&out);
         assert!(e.contains("No space left"), "{e}");
         assert_only(&mnt, &[]);
@@ -134,11 +165,21 @@ fn interrupted_conversion_leaves_nothing() {
             .spawn()
             .unwrap();
         std::thread::sleep(Duration::from_millis(700));
-        ok(std::process::Command::new("kill").arg(format!("-{sig}")).arg(child.id().to_string()));
+        ok(std::process::Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(child.id().to_string()));
         let start = Instant::now();
         let out = child.wait_with_output().unwrap();
-        assert!(start.elapsed() < Duration::from_secs(20), "took too long to stop");
-        assert_eq!(out.status.code(), Some(130), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "took too long to stop"
+        );
+        assert_eq!(
+            out.status.code(),
+            Some(130),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         assert!(!outp.exists());
         assert_only(d.path(), &["in.raw"]);
     }

@@ -41,6 +41,12 @@ pub struct OutputArgs {
     /// No progress bar and no summary line
     #[arg(short, long)]
     pub quiet: bool,
+    /// Also write OUT.sha256 (`HASH  NAME`, as `sha256sum -c` reads it)
+    #[arg(long, value_name = "ALGO")]
+    pub checksum: Option<crate::artifact::ChecksumKind>,
+    /// Append a build entry to this Packer-style manifest (JSON)
+    #[arg(long, value_name = "FILE")]
+    pub manifest: Option<PathBuf>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -101,8 +107,44 @@ pub fn run(args: &CompactArgs) -> anyhow::Result<super::ExitCode> {
         .request(args.input.clone(), args.format, ImageFormat::Qcow2);
     req.fs_aware = !args.no_fs_aware;
     let report = convert::convert(&req)?;
-    emit(&report, "compact", &args.out);
+    publish(&report, "compact", &args.out, serde_json::Value::Null)?;
     Ok(0)
+}
+
+/// Writes the checksum and manifest entry if asked, then prints the report.
+/// `extra` is merged into the manifest's `custom_data` (e.g. finalize's
+/// before/after figures).
+pub fn publish(
+    report: &crate::report::ConvertReport,
+    command: &str,
+    out: &OutputArgs,
+    extra: serde_json::Value,
+) -> anyhow::Result<()> {
+    let mut files = vec![report.output.path.clone()];
+    let mut sha = None;
+    if out.checksum.is_some() {
+        let (digest, sum_path) = crate::artifact::write_checksum(&report.output.path)?;
+        files.push(sum_path);
+        sha = Some(digest);
+    }
+    if let Some(m) = &out.manifest {
+        let mut custom = serde_json::json!({
+            "vmfinal_command": command,
+            "input_virtual_size": report.input.virtual_size,
+            "input_allocated_bytes": report.input.allocated_bytes,
+            "output_bytes": report.output.bytes,
+            "output_format": report.output.format,
+            "compression": report.output.compression,
+            "seconds": report.seconds,
+            "sha256": sha,
+        });
+        if let (Some(c), serde_json::Value::Object(e)) = (custom.as_object_mut(), extra) {
+            c.extend(e);
+        }
+        crate::artifact::append_manifest(m, &files, &report.output.path, custom)?;
+    }
+    emit(report, command, out);
+    Ok(())
 }
 
 /// Prints warnings and the summary (stderr) and the JSON report (stdout).

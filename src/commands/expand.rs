@@ -31,6 +31,6 @@ pub fn run(args: &ExpandArgs) -> anyhow::Result<super::ExitCode> {
     // Expanding restores the image as it was: free space is copied.
     req.fs_aware = false;
     let report = convert::convert(&req)?;
-    super::compact::emit(&report, "expand", &args.out);
+    super::compact::publish(&report, "expand", &args.out, serde_json::Value::Null)?;
     Ok(0)
 }

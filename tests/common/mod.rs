@@ -28,7 +28,8 @@ pub fn have(tool: &str) -> bool {
 
 /// Runs a command and returns its output; panics if it could not start.
 pub fn run(cmd: &mut Command) -> Output {
-    cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"))
+    cmd.output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"))
 }
 
 /// Runs and asserts success, printing stderr on failure.
@@ -48,12 +49,18 @@ pub fn ok(cmd: &mut Command) -> Output {
 /// "vmfinal: error:" line on stderr.
 pub fn assert_clean_failure(out: &Output) -> String {
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(!out.status.success(), "expected failure, got success; stderr: {stderr}");
+    assert!(
+        !out.status.success(),
+        "expected failure, got success; stderr: {stderr}"
+    );
     assert_ne!(out.status.code(), Some(101), "panicked: {stderr}");
     assert!(!stderr.contains("panicked"), "panicked: {stderr}");
     let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
     assert_eq!(lines.len(), 1, "expected one error line, got: {stderr}");
-    assert!(lines[0].starts_with("vmfinal: error:"), "unexpected stderr: {stderr}");
+    assert!(
+        lines[0].starts_with("vmfinal: error:"),
+        "unexpected stderr: {stderr}"
+    );
     stderr
 }
 
@@ -61,7 +68,11 @@ pub fn assert_clean_failure(out: &Output) -> String {
 pub fn assert_only(dir: &Path, keep: &[&str]) {
     for e in std::fs::read_dir(dir).expect("read_dir") {
         let name = e.expect("entry").file_name().to_string_lossy().into_owned();
-        assert!(keep.contains(&name.as_str()), "unexpected leftover file {name} in {}", dir.display());
+        assert!(
+            keep.contains(&name.as_str()),
+            "unexpected leftover file {name} in {}",
+            dir.display()
+        );
     }
 }
 
@@ -101,7 +112,8 @@ pub fn mixed_raw(path: &Path, size: u64, seed: u64) -> PathBuf {
         match i % 4 {
             0 => rng.fill(&mut buf),
             1 => {
-                let text = b"vmfinal compacts disk images; the quick brown fox jumps over the lazy dog. ";
+                let text =
+                    b"vmfinal compacts disk images; the quick brown fox jumps over the lazy dog. ";
                 for (j, b) in buf.iter_mut().enumerate() {
                     *b = text[(j + (rng.next() % 7) as usize) % text.len()];
                 }
