@@ -156,7 +156,7 @@ fn interrupted_conversion_leaves_nothing() {
     }
     for sig in ["INT", "TERM"] {
         let outp = d.path().join("o.zst");
-        let mut child = vmfinal()
+        let child = vmfinal()
             .args(["compact", "-q", "--threads", "1", "--level", "19"])
             .arg(&input)
             .arg("-o")
