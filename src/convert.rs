@@ -23,11 +23,13 @@ use crate::report::{ConvertReport, ImageSummary, OutputSummary, Progress};
 pub const DEFAULT_CLUSTER_SIZE: u64 = 64 << 10;
 /// Default `.zst` frame size: large enough for zstd -3's ratio, small enough
 /// for parallel work and seeking.
-pub const DEFAULT_FRAME_SIZE: u64 = 4 << 20;
+pub const DEFAULT_FRAME_SIZE: u64 = 8 << 20;
 /// Zero-detection granularity of sparse raw output (qemu-img's `-S` default).
 pub const RAW_ZERO_GRANULARITY: u64 = 4 << 10;
 /// Guest bytes per pipeline job, at least.
 const MIN_JOB_BYTES: u64 = 1 << 20;
+/// Guest bytes the pipeline aims to hold in flight.
+const IN_FLIGHT_BYTES: u64 = 128 << 20;
 
 /// Default compression levels, chosen from `scripts/bench.sh` (see README).
 pub fn default_level(format: ImageFormat, compression: Compression) -> i32 {
@@ -167,11 +169,14 @@ fn config(unit: u64, preferred_read: u64, threads: usize) -> PipelineConfig {
     if preferred_read > job {
         job = preferred_read.div_ceil(unit) * unit;
     }
+    // Jobs in flight: enough to keep every worker busy, at most ~128 MiB of
+    // guest data (each job also holds its compressed copy).
+    let depth = ((IN_FLIGHT_BYTES / job) as usize).clamp(threads + 2, threads * 4);
     PipelineConfig {
         unit,
         job_bytes: job,
         threads,
-        queue_depth: threads * 4,
+        queue_depth: depth,
     }
 }
 

@@ -202,7 +202,7 @@ pub fn run(
     assert!(cfg.unit > 0 && cfg.job_bytes % cfg.unit == 0);
     let size = source.virtual_size();
     let threads = cfg.threads.max(1);
-    let depth = cfg.queue_depth.max(threads * 2);
+    let depth = cfg.queue_depth.max(threads + 1);
     let abort = AtomicBool::new(false);
 
     let (job_tx, job_rx) = bounded::<(u64, Job)>(depth);

@@ -30,7 +30,7 @@ pub struct OutputArgs {
     #[arg(long, value_parser = parse_size, default_value = "64K")]
     pub cluster_size: u64,
     /// .zst frame size (the unit of parallel work and of seeking)
-    #[arg(long, value_parser = parse_size, default_value = "4M")]
+    #[arg(long, value_parser = parse_size, default_value = "8M")]
     pub frame_size: u64,
     /// Overwrite OUT if it exists
     #[arg(short, long)]
