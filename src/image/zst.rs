@@ -28,9 +28,11 @@ const DESCRIPTOR_RESERVED: u8 = 0x7C;
 const SMALL_FRAME: u32 = 4096;
 const WRITE_BUFFER: usize = 8 << 20;
 
-/// The first four bytes of a zstd frame (0xFD2FB528, little-endian).
+/// The first four bytes of a zstd frame (0xFD2FB528, little-endian) or of a
+/// skippable frame (0x184D2A50..=0x184D2A5F; an empty disk's `.zst` is only
+/// its seek table).
 pub fn is_zstd_magic(m: &[u8; 4]) -> bool {
-    *m == [0x28, 0xB5, 0x2F, 0xFD]
+    *m == [0x28, 0xB5, 0x2F, 0xFD] || (m[0] & 0xF0 == 0x50 && m[1..] == [0x2A, 0x4D, 0x18])
 }
 
 /// One entry of the seek table, with its position resolved.

@@ -210,14 +210,17 @@ impl Qcow2Writer {
         let cs = self.cluster_size;
         // L1 table.
         self.align()?;
-        let l1_off = self.pos;
-        let l1_clusters = ((self.l1.len() as u64 * 8).div_ceil(cs)).max(1);
-        let mut l1_bytes = vec![0u8; (l1_clusters * cs) as usize];
-        for (i, e) in self.l1.iter().enumerate() {
-            l1_bytes[i * 8..i * 8 + 8].copy_from_slice(&e.to_be_bytes());
+        // An empty disk has no L1 table (l1_size 0, offset 0), as qemu writes it.
+        let l1_clusters = (self.l1.len() as u64 * 8).div_ceil(cs);
+        let l1_off = if l1_clusters == 0 { 0 } else { self.pos };
+        if l1_clusters > 0 {
+            let mut l1_bytes = vec![0u8; (l1_clusters * cs) as usize];
+            for (i, e) in self.l1.iter().enumerate() {
+                l1_bytes[i * 8..i * 8 + 8].copy_from_slice(&e.to_be_bytes());
+            }
+            self.append(&l1_bytes)?;
+            self.add_ref(l1_off, l1_clusters * cs);
         }
-        self.append(&l1_bytes)?;
-        self.add_ref(l1_off, l1_clusters * cs);
 
         // Refcount structures right after: table, then blocks.
         let max_ref = self.refcounts.iter().copied().max().unwrap_or(1);
