@@ -5,6 +5,7 @@
 //! that need one are refused with an error naming the feature.
 
 pub mod check;
+pub mod deflate;
 pub mod format;
 pub mod reader;
 pub mod writer;

@@ -341,10 +341,9 @@ impl Sink for Qcow2Writer {
     }
 }
 
-/// Raw deflate with a 4 KiB window (window bits 12): the only form QEMU
-/// inflates.
+/// Raw deflate with a 4 KiB window, see `deflate.rs`.
 struct ZlibClusterEncoder {
-    c: flate2::Compress,
+    d: super::deflate::RawDeflate,
     cluster_size: usize,
     padded: Vec<u8>,
 }
@@ -352,19 +351,10 @@ struct ZlibClusterEncoder {
 impl UnitEncoder for ZlibClusterEncoder {
     fn encode(&mut self, unit: &[u8]) -> std::io::Result<Option<Vec<u8>>> {
         let input = pad_to_cluster(unit, self.cluster_size, &mut self.padded);
-        self.c.reset();
-        // Room for deflate's worst case (stored blocks): an output buffer cut
-        // at cluster_size - 1 trips an assertion in zlib-rs on incompressible
-        // data, so the limit is checked afterwards instead.
-        let mut out = Vec::with_capacity(self.cluster_size + self.cluster_size / 64 + 64);
-        let status = self
-            .c
-            .compress_vec(input, &mut out, flate2::FlushCompress::Finish)
-            .map_err(std::io::Error::other)?;
-        Ok(
-            (status == flate2::Status::StreamEnd && out.len() < self.cluster_size - 1)
-                .then_some(out),
-        )
+        let mut out = Vec::new();
+        // Must be smaller than a cluster, as qemu requires (cluster_size - 1).
+        let fits = self.d.compress(input, &mut out, self.cluster_size - 1)?;
+        Ok(fits.then_some(out))
     }
 }
 
@@ -410,7 +400,7 @@ pub fn cluster_encoder(
         Compression::Zlib => {
             let lvl = level.unwrap_or(6).clamp(0, 9) as u32;
             Box::new(ZlibClusterEncoder {
-                c: flate2::Compress::new_with_window_bits(flate2::Compression::new(lvl), false, 12),
+                d: super::deflate::RawDeflate::new(lvl)?,
                 cluster_size: cs,
                 padded: Vec::new(),
             })
