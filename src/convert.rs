@@ -69,7 +69,7 @@ pub fn convert(req: &ConvertRequest) -> anyhow::Result<ConvertReport> {
 
     let allocated = extent::normalize(src.data_extents()?);
     let scan = if req.fs_aware {
-        crate::fs::scan(src.as_ref())
+        crate::fs::scan(src.as_ref(), &allocated)
     } else {
         FsScan::default()
     };
@@ -157,7 +157,11 @@ pub fn convert(req: &ConvertRequest) -> anyhow::Result<ConvertReport> {
         },
         stats,
         fs_free_skipped: free_in_data,
-        filesystems: scan.partitions,
+        filesystems: scan
+            .partitions
+            .iter()
+            .filter_map(|p| serde_json::to_value(p).ok())
+            .collect(),
         warnings: scan.warnings,
         seconds,
     })

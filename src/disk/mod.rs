@@ -1,2 +1,6 @@
-//! Partition tables (MBR, GPT).
-//! TODO(helper): implement.
+//! Partition tables (MBR with extended/logical partitions, GPT with its
+//! backup header), read-only and bounds-checked through a `BlockSource`.
+
+pub mod partition;
+
+pub use partition::{Partition, PartitionTable, TableKind, read_partitions};
