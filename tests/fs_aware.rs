@@ -242,11 +242,7 @@ fn analyze_finds_the_dirty_free_space() {
                 .iter()
                 .find(|p| p["index"] == t["index"])
                 .unwrap();
-            if t["kind"] == "xfs" {
-                // Known gap: xfs free space is not read yet (copied whole, said in the warning).
-                assert!(p["warning"].as_str().unwrap().contains("xfs"));
-                continue;
-            }
+            assert_eq!(p["fs_aware"], true, "{name} partition {}: {p}", t["index"]);
             let (want, got) = (
                 t["free_not_zero_bytes"].as_f64().unwrap(),
                 p["free_not_zero_bytes"].as_f64().unwrap(),
