@@ -3,6 +3,8 @@
 #   qcow2/zlib  vs qemu-img convert -c (default, and -m 16 -W)
 #   qcow2/zstd  vs the same with -o compression_type=zstd
 #   .zst        vs zstd -T0 -3 on the raw file
+#   and, on a dirtied ext4 (scripts/make-fs-fixtures.sh), vmfinal's
+#   filesystem-aware compact vs zerofree + qemu-img convert -c
 # and prints, per row, the median wall time, CPU time, peak RSS and output
 # bytes over RUNS runs, with the ratios peer/vmfinal (time) and vmfinal/peer (size).
 #
@@ -71,6 +73,26 @@ run "qemu-img -c zstd -m16 -W"      "$q" qemu-img convert -c -O qcow2 -o compres
 run "vmfinal .zst"                  "$z" "$vm" compact -q --force "$image" -o "$z"
 run "zstd -T0 -3"                   "$z" zstd -q -f -T0 -3 "$image" -o "$z"
 
+# Filesystem-aware rows (root): the dirtied bare ext4 fixture, against the
+# zerofree pipeline (sparse copy, zerofree, qemu-img convert -c -m 16 -W).
+if [ "$(id -u)" -eq 0 ] && command -v zerofree >/dev/null; then
+  fx="$workdir/fixtures"
+  [ -f "$fx/bare-ext4.raw" ] || "$here/scripts/make-fs-fixtures.sh" "$fx" >/dev/null
+  dirty="$fx/bare-ext4.raw"
+  zf_pipeline() { # CODEC OUT
+    cp --sparse=always "$dirty" "$workdir/zf.raw" && zerofree "$workdir/zf.raw" &&
+      qemu-img convert -c -O qcow2 -o compression_type="$1" -m 16 -W "$workdir/zf.raw" "$2"
+    local rc=$?; rm -f "$workdir/zf.raw"; return $rc
+  }
+  export -f zf_pipeline; export dirty workdir
+  run "vmfinal dirty-ext4 zlib"        "$q" "$vm" compact -q --force "$dirty" -o "$q" --compression zlib
+  run "zerofree+qemu-img zlib"         "$q" bash -c 'zf_pipeline zlib "$0"' "$q"
+  run "vmfinal dirty-ext4 zstd"        "$q" "$vm" compact -q --force "$dirty" -o "$q" --compression zstd
+  run "zerofree+qemu-img zstd"         "$q" bash -c 'zf_pipeline zstd "$0"' "$q"
+else
+  echo "(skipping the zerofree rows: they need root and zerofree)"
+fi
+
 python3 - "$results" <<'PY'
 import sys, statistics, collections
 rows = collections.OrderedDict()
@@ -82,6 +104,7 @@ peers = {
     "qemu-img -c zlib": "vmfinal qcow2 zlib", "qemu-img -c zlib -m16 -W": "vmfinal qcow2 zlib",
     "qemu-img -c zstd": "vmfinal qcow2 zstd", "qemu-img -c zstd -m16 -W": "vmfinal qcow2 zstd",
     "zstd -T0 -3": "vmfinal .zst",
+    "zerofree+qemu-img zlib": "vmfinal dirty-ext4 zlib", "zerofree+qemu-img zstd": "vmfinal dirty-ext4 zstd",
 }
 print(f"{'tool':28} {'wall s':>8} {'cpu s':>8} {'RSS MiB':>8} {'output MiB':>11} {'speedup':>8} {'size':>7}")
 for n, (wall, cpu, rss, size) in med.items():

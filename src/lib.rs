@@ -5,6 +5,7 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 
 pub mod artifact;
+pub mod bytes;
 pub mod cli;
 pub mod commands;
 pub mod convert;

@@ -2,6 +2,7 @@
 //! whole disk (a bare filesystem). Every entry is checked against the disk
 //! size; an entry that does not fit is dropped with a warning.
 
+use crate::bytes::{le32, le64};
 use crate::image::BlockSource;
 
 pub const SECTOR: u64 = 512;
@@ -40,16 +41,6 @@ pub struct PartitionTable {
     pub kind: TableKind,
     pub partitions: Vec<Partition>,
     pub warnings: Vec<String>,
-}
-
-fn le32(b: &[u8], at: usize) -> u32 {
-    u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
-}
-
-fn le64(b: &[u8], at: usize) -> u64 {
-    let mut x = [0u8; 8];
-    x.copy_from_slice(&b[at..at + 8]);
-    u64::from_le_bytes(x)
 }
 
 fn read(src: &dyn BlockSource, off: u64, len: usize) -> Option<Vec<u8>> {

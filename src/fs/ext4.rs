@@ -5,6 +5,7 @@
 //! descriptor, or nothing of the filesystem is skipped.
 
 use super::{FsError, FsFree, Region};
+use crate::bytes::{le16, le32};
 use crate::extent::Extent;
 
 pub const MAGIC: u16 = 0xEF53;
@@ -23,13 +24,6 @@ const STATE_ERROR: u16 = 0x2;
 const BG_BLOCK_UNINIT: u16 = 0x2;
 /// Groups handled at most (a 1 PiB filesystem of 4 KiB blocks has 8M).
 const MAX_GROUPS: u64 = 1 << 24;
-
-fn le16(b: &[u8], at: usize) -> u16 {
-    u16::from_le_bytes([b[at], b[at + 1]])
-}
-fn le32(b: &[u8], at: usize) -> u32 {
-    u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
-}
 
 /// True if the region holds an ext2/3/4 superblock.
 pub fn detect(r: &Region) -> bool {

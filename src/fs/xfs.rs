@@ -5,6 +5,7 @@
 //! unmounted) is used; anything else is copied whole.
 
 use super::{FsError, FsFree, Region};
+use crate::bytes::{be16, be32, be64};
 use crate::extent::Extent;
 
 const SB_MAGIC: &[u8; 4] = b"XFSB";
@@ -21,16 +22,6 @@ const XLOG_UNMOUNT_TRANS: u8 = 0x20;
 /// Btree blocks visited per AG at most (guards against loops).
 const MAX_BTREE_BLOCKS: usize = 1 << 20;
 const MAX_LEVELS: u32 = 10;
-
-fn be16(b: &[u8], at: usize) -> u16 {
-    u16::from_be_bytes([b[at], b[at + 1]])
-}
-fn be32(b: &[u8], at: usize) -> u32 {
-    u32::from_be_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
-}
-fn be64(b: &[u8], at: usize) -> u64 {
-    (be32(b, at) as u64) << 32 | be32(b, at + 4) as u64
-}
 
 /// CRC-32C (Castagnoli), as xfs stores it (little-endian, over the
 /// structure with its crc field zeroed).

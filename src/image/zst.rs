@@ -13,6 +13,7 @@ use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
+use crate::bytes::le32;
 use crate::extent::{self, Extent};
 use crate::image::{BlockSource, ImageError, ImageFormat, Result, io_err};
 use crate::pipeline::{JobOut, PipelineError, Sink, UnitEncoder, UnitOut};
@@ -58,10 +59,6 @@ pub fn encode_seek_table(frames: &[(u32, u32)]) -> Vec<u8> {
     t.push(0);
     t.extend_from_slice(&SEEKABLE_MAGIC.to_le_bytes());
     t
-}
-
-fn le32(b: &[u8], at: usize) -> u32 {
-    u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
 }
 
 /// Parses the seek table at the end of a file of `file_len` bytes. `read`

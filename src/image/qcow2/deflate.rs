@@ -77,15 +77,19 @@ impl RawDeflate {
     }
 
     /// Compresses `input` into `out` (cleared first) in one shot. Returns
-    /// false when it does not fit in `limit` bytes.
+    /// false when the result is larger than `limit` bytes.
     pub fn compress(
         &mut self,
         input: &[u8],
         out: &mut Vec<u8>,
         limit: usize,
     ) -> std::io::Result<bool> {
+        // Room for deflate's worst case (stored blocks): an output buffer cut
+        // short trips an assertion in zlib-rs on incompressible data, so the
+        // limit is checked afterwards instead.
+        let room = input.len() + input.len() / 64 + 64;
         out.clear();
-        out.reserve(limit);
+        out.reserve(room);
         let strm = self.strm.as_mut_ptr();
         // SAFETY: the stream was initialised in `new`; `next_in`/`next_out`
         // point into live buffers of the stated lengths for the duration of
@@ -103,12 +107,12 @@ impl RawDeflate {
             (*strm).next_in = input.as_ptr() as *mut u8;
             (*strm).avail_in = input.len() as u32;
             (*strm).next_out = out.as_mut_ptr();
-            (*strm).avail_out = limit as u32;
+            (*strm).avail_out = room as u32;
             let rc = deflate(strm, Z_FINISH);
-            let written = limit - (*strm).avail_out as usize;
+            let written = room - (*strm).avail_out as usize;
             out.set_len(written);
             match rc {
-                Z_STREAM_END => Ok(true),
+                Z_STREAM_END => Ok(written <= limit),
                 // Out of room (Z_OK or Z_BUF_ERROR): store the cluster plain.
                 _ if rc >= 0 || rc == libz_rs_sys::Z_BUF_ERROR => Ok(false),
                 _ => Err(std::io::Error::other(format!("deflate failed ({rc})"))),
@@ -167,6 +171,8 @@ mod tests {
         let mut d = RawDeflate::new(6).unwrap();
         let mut out = Vec::new();
         assert!(!d.compress(&data, &mut out, 65535).unwrap());
-        assert!(out.len() <= 65535);
+        for cs in [4096, 512] {
+            assert!(!d.compress(&data[..cs], &mut out, cs - 1).unwrap());
+        }
     }
 }

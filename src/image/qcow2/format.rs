@@ -1,6 +1,7 @@
 //! qcow2 on-disk layout: header fields, feature bits, L1/L2/refcount entry
 //! encoding. Small pure functions over named constants; no I/O.
 
+use crate::bytes::{be32, be64};
 use std::fmt;
 
 /// "QFI\xfb", big-endian.
@@ -88,16 +89,6 @@ pub struct Header {
     pub header_length: u32,
     /// 0 = deflate, 1 = zstd.
     pub compression_type: u8,
-}
-
-fn be32(b: &[u8], at: usize) -> u32 {
-    u32::from_be_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
-}
-
-fn be64(b: &[u8], at: usize) -> u64 {
-    let mut x = [0u8; 8];
-    x.copy_from_slice(&b[at..at + 8]);
-    u64::from_be_bytes(x)
 }
 
 /// Reads the u64 at `i` of a big-endian table.

@@ -78,8 +78,14 @@ pub struct Qcow2Writer {
     l2_used: bool,
     /// Refcount per host cluster.
     refcounts: Vec<u32>,
-    /// Next host byte to write at; `buf` holds bytes from `buf_start`.
-    pos: u64,
+    /// First free host cluster (byte offset, cluster aligned): the file end.
+    end: u64,
+    /// Host cluster that compressed data is being packed into, and the next
+    /// free byte there. Plain clusters and tables are allocated at `end`
+    /// without breaking the packing, as qemu does.
+    packing_cluster: Option<u64>,
+    packing_pos: u64,
+    /// Write combining: `buf` holds the bytes for `buf_start..`.
     buf: Vec<u8>,
     buf_start: u64,
 }
@@ -107,13 +113,14 @@ impl Qcow2Writer {
             l2_index: None,
             l2_used: false,
             refcounts: Vec::new(),
-            pos: 0,
+            end: 0,
+            packing_cluster: None,
+            packing_pos: 0,
             buf: Vec::with_capacity(WRITE_BUFFER + cs as usize),
             buf_start: 0,
         };
         // The header cluster; its content is written by `finish`.
-        w.append(&vec![0u8; cs as usize])?;
-        w.add_ref(0, cs);
+        w.alloc(1);
         Ok(w)
     }
 
@@ -124,12 +131,50 @@ impl Qcow2Writer {
         }
     }
 
-    fn append(&mut self, bytes: &[u8]) -> Result<(), PipelineError> {
-        self.buf.extend_from_slice(bytes);
-        self.pos += bytes.len() as u64;
-        if self.buf.len() >= WRITE_BUFFER {
+    /// Takes `n` clusters at the end of the file (no references yet).
+    fn reserve(&mut self, n: u64) -> u64 {
+        let off = self.end;
+        self.end += n * self.cluster_size;
+        off
+    }
+
+    /// Allocates `n` clusters at the end of the file, referenced once each.
+    fn alloc(&mut self, n: u64) -> u64 {
+        let off = self.reserve(n);
+        self.add_ref(off, n * self.cluster_size);
+        off
+    }
+
+    /// Host offset for a compressed cluster of `len` bytes (`len` < cluster
+    /// size): packed right after the previous one; spilling into the next
+    /// host cluster only when that is the file end, else starting afresh.
+    fn place_compressed(&mut self, len: u64) -> u64 {
+        let cs = self.cluster_size;
+        let off = match self.packing_cluster {
+            Some(c) if self.packing_pos + len <= c + cs => self.packing_pos,
+            Some(c) if c + cs == self.end => {
+                let spill = self.reserve(1);
+                self.packing_cluster = Some(spill);
+                self.packing_pos
+            }
+            _ => {
+                let c = self.reserve(1);
+                self.packing_cluster = Some(c);
+                c
+            }
+        };
+        self.packing_pos = off + len;
+        self.add_ref(off, len);
+        off
+    }
+
+    /// Buffered positioned write; contiguous writes are combined.
+    fn write_at(&mut self, off: u64, bytes: &[u8]) -> Result<(), PipelineError> {
+        if off != self.buf_start + self.buf.len() as u64 || self.buf.len() >= WRITE_BUFFER {
             self.flush()?;
+            self.buf_start = off;
         }
+        self.buf.extend_from_slice(bytes);
         Ok(())
     }
 
@@ -140,17 +185,6 @@ impl Qcow2Writer {
                 .map_err(|e| self.werr(e))?;
             self.buf_start += self.buf.len() as u64;
             self.buf.clear();
-        }
-        Ok(())
-    }
-
-    /// Pads with zeros to the next cluster boundary.
-    fn align(&mut self) -> Result<(), PipelineError> {
-        let rem = self.pos % self.cluster_size;
-        if rem != 0 {
-            let pad = (self.cluster_size - rem) as usize;
-            self.buf.resize(self.buf.len() + pad, 0);
-            self.pos += pad as u64;
         }
         Ok(())
     }
@@ -182,14 +216,12 @@ impl Qcow2Writer {
         if let Some(l1i) = self.l2_index.take()
             && self.l2_used
         {
-            self.align()?;
-            let off = self.pos;
+            let off = self.alloc(1);
             let mut bytes = Vec::with_capacity(self.cluster_size as usize);
             for e in &self.l2 {
                 bytes.extend_from_slice(&e.to_be_bytes());
             }
-            self.append(&bytes)?;
-            self.add_ref(off, self.cluster_size);
+            self.write_at(off, &bytes)?;
             self.l1[l1i] = off | ENTRY_COPIED;
             self.l2.fill(0);
             self.l2_used = false;
@@ -208,41 +240,40 @@ impl Qcow2Writer {
     pub fn finish(mut self) -> Result<u64, PipelineError> {
         self.flush_l2()?;
         let cs = self.cluster_size;
-        // L1 table.
-        self.align()?;
-        // An empty disk has no L1 table (l1_size 0, offset 0), as qemu writes it.
+        // L1 table. An empty disk has none (l1_size 0, offset 0), as qemu writes it.
         let l1_clusters = (self.l1.len() as u64 * 8).div_ceil(cs);
-        let l1_off = if l1_clusters == 0 { 0 } else { self.pos };
+        let l1_off = if l1_clusters == 0 {
+            0
+        } else {
+            self.alloc(l1_clusters)
+        };
         if l1_clusters > 0 {
             let mut l1_bytes = vec![0u8; (l1_clusters * cs) as usize];
             for (i, e) in self.l1.iter().enumerate() {
                 l1_bytes[i * 8..i * 8 + 8].copy_from_slice(&e.to_be_bytes());
             }
-            self.append(&l1_bytes)?;
-            self.add_ref(l1_off, l1_clusters * cs);
+            self.write_at(l1_off, &l1_bytes)?;
         }
 
-        // Refcount structures right after: table, then blocks.
+        // Refcount structures at the end: table, then blocks.
         let max_ref = self.refcounts.iter().copied().max().unwrap_or(1);
         let (order, bits) = if max_ref <= u16::MAX as u32 {
             (4u32, 16u64)
         } else {
             (5, 32)
         };
-        let used = self.pos / cs;
+        let used = self.end / cs;
         let (blocks, table) = refcount_layout(used, cs, bits);
-        let table_off = self.pos;
-        let blocks_off = table_off + table * cs;
-        self.add_ref(table_off, (table + blocks) * cs);
-        let total_clusters = used + table + blocks;
-        self.refcounts.resize(total_clusters as usize, 0);
+        let table_off = self.alloc(table);
+        let blocks_off = self.alloc(blocks);
+        self.refcounts.resize((used + table + blocks) as usize, 0);
 
         let mut table_bytes = vec![0u8; (table * cs) as usize];
         for b in 0..blocks {
             let e = blocks_off + b * cs;
             table_bytes[(b * 8) as usize..(b * 8 + 8) as usize].copy_from_slice(&e.to_be_bytes());
         }
-        self.append(&table_bytes)?;
+        self.write_at(table_off, &table_bytes)?;
         let per_block = (cs * 8 / bits) as usize;
         let mut block = vec![0u8; cs as usize];
         for b in 0..blocks as usize {
@@ -256,14 +287,16 @@ impl Qcow2Writer {
                     block[i * 4..i * 4 + 4].copy_from_slice(&r.to_be_bytes());
                 }
             }
-            self.append(&block)?;
+            self.write_at(blocks_off + b as u64 * cs, &block)?;
         }
         self.flush()?;
+        // Packed clusters may end mid-cluster: the length covers them all.
+        self.file.set_len(self.end).map_err(|e| self.werr(e))?;
         let header = self.header(l1_off, table_off, table, order);
         self.file
             .write_all_at(&header, 0)
             .map_err(|e| self.werr(e))?;
-        Ok(self.pos)
+        Ok(self.end)
     }
 
     fn header(
@@ -315,25 +348,20 @@ impl Sink for Qcow2Writer {
             match unit {
                 UnitOut::Zero => {}
                 UnitOut::Compressed(bytes) => {
-                    let off = self.pos;
                     let len = bytes.len() as u64;
-                    self.append(bytes)?;
-                    self.add_ref(off, len);
+                    let off = self.place_compressed(len);
+                    self.write_at(off, bytes)?;
                     self.set_entry(gc, compressed_descriptor(off, len, self.cluster_bits))?;
                 }
                 UnitOut::Plain => {
-                    self.align()?;
-                    let off = self.pos;
+                    let off = self.alloc(1);
                     let data = job.unit_bytes(i, cs);
-                    let short = cs as usize - data.len();
-                    self.buf.extend_from_slice(data);
-                    self.buf.resize(self.buf.len() + short, 0);
-                    self.pos += cs;
-                    self.add_ref(off, cs);
-                    self.set_entry(gc, off | ENTRY_COPIED)?;
-                    if self.buf.len() >= WRITE_BUFFER {
-                        self.flush()?;
+                    self.write_at(off, data)?;
+                    if (data.len() as u64) < cs {
+                        let pad = vec![0u8; cs as usize - data.len()];
+                        self.write_at(off + data.len() as u64, &pad)?;
                     }
+                    self.set_entry(gc, off | ENTRY_COPIED)?;
                 }
             }
         }
@@ -358,22 +386,38 @@ impl UnitEncoder for ZlibClusterEncoder {
     }
 }
 
-/// One zstd frame per cluster, no length prefix.
+/// One zstd frame per cluster, no length prefix. Compressed through the
+/// streaming API without a pledged size, as qemu does: zstd then picks its
+/// large-input parameters, which compress disk clusters about 1.5% smaller
+/// than the small-input ones a one-shot call with a known 64 KiB size gets.
 struct ZstdClusterEncoder {
-    c: zstd::bulk::Compressor<'static>,
+    c: zstd::zstd_safe::CCtx<'static>,
     cluster_size: usize,
     padded: Vec<u8>,
 }
 
+fn zstd_err(code: usize) -> std::io::Error {
+    std::io::Error::other(zstd::zstd_safe::get_error_name(code))
+}
+
 impl UnitEncoder for ZstdClusterEncoder {
     fn encode(&mut self, unit: &[u8]) -> std::io::Result<Option<Vec<u8>>> {
+        use zstd::zstd_safe::zstd_sys::ZSTD_EndDirective::ZSTD_e_end;
+        use zstd::zstd_safe::{InBuffer, OutBuffer, ResetDirective};
         let input = pad_to_cluster(unit, self.cluster_size, &mut self.padded);
-        let mut out = Vec::with_capacity(self.cluster_size - 1);
-        match self.c.compress_to_buffer(input, &mut out) {
-            Ok(_) => Ok(Some(out)),
-            // Did not fit below the cluster size: store it plain.
-            Err(_) => Ok(None),
-        }
+        self.c
+            .reset(ResetDirective::SessionOnly)
+            .map_err(zstd_err)?;
+        // Must be smaller than a cluster, as qemu requires (cluster_size - 1).
+        let mut out: Vec<u8> = Vec::with_capacity(self.cluster_size - 1);
+        let mut ob = OutBuffer::around(&mut out);
+        let mut ib = InBuffer::around(input);
+        let left = self
+            .c
+            .compress_stream2(&mut ob, &mut ib, ZSTD_e_end)
+            .map_err(zstd_err)?;
+        // Output full before the frame ended: store the cluster plain.
+        Ok((left == 0).then_some(out))
     }
 }
 
@@ -406,8 +450,11 @@ pub fn cluster_encoder(
             })
         }
         Compression::Zstd => {
-            let mut c = zstd::bulk::Compressor::new(level.unwrap_or(3))?;
-            c.include_checksum(false)?;
+            let mut c = zstd::zstd_safe::CCtx::create();
+            c.set_parameter(zstd::zstd_safe::CParameter::CompressionLevel(
+                level.unwrap_or(3),
+            ))
+            .map_err(zstd_err)?;
             Box::new(ZstdClusterEncoder {
                 c,
                 cluster_size: cs,
