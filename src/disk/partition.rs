@@ -54,18 +54,7 @@ fn read(src: &dyn BlockSource, off: u64, len: usize) -> Option<Vec<u8>> {
 
 /// CRC-32 (IEEE, reflected), as GPT uses.
 pub fn crc32(data: &[u8]) -> u32 {
-    let mut crc = !0u32;
-    for &b in data {
-        crc ^= b as u32;
-        for _ in 0..8 {
-            crc = if crc & 1 != 0 {
-                (crc >> 1) ^ 0xEDB8_8320
-            } else {
-                crc >> 1
-            };
-        }
-    }
-    !crc
+    crate::bytes::crc32_reflected(0xEDB8_8320, data)
 }
 
 /// Mixed-endian GUID text, as tools print it.

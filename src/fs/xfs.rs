@@ -26,18 +26,7 @@ const MAX_LEVELS: u32 = 10;
 /// CRC-32C (Castagnoli), as xfs stores it (little-endian, over the
 /// structure with its crc field zeroed).
 pub fn crc32c(data: &[u8]) -> u32 {
-    let mut crc = !0u32;
-    for &b in data {
-        crc ^= b as u32;
-        for _ in 0..8 {
-            crc = if crc & 1 != 0 {
-                (crc >> 1) ^ 0x82F6_3B78
-            } else {
-                crc >> 1
-            };
-        }
-    }
-    !crc
+    crate::bytes::crc32_reflected(0x82F6_3B78, data)
 }
 
 fn crc_ok(block: &[u8], at: usize) -> bool {
