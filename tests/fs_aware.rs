@@ -18,8 +18,14 @@ fn is_root() -> bool {
 }
 
 /// Builds the fixtures once per test binary; None (skip) only outside CI.
+/// Statics are never dropped, so the directory is removed by an exit hook.
 fn fixtures() -> Option<&'static Path> {
-    static DIR: OnceLock<Option<tempfile::TempDir>> = OnceLock::new();
+    static DIR: OnceLock<Option<PathBuf>> = OnceLock::new();
+    extern "C" fn remove_fixtures() {
+        if let Some(Some(d)) = DIR.get() {
+            let _ = std::fs::remove_dir_all(d);
+        }
+    }
     DIR.get_or_init(|| {
         if !is_root() {
             assert!(!in_ci(), "CI must run the filesystem tests as root");
@@ -40,13 +46,15 @@ fn fixtures() -> Option<&'static Path> {
         let d = tempfile::Builder::new()
             .prefix("vmfinal-fs")
             .tempdir_in("/var/tmp")
-            .unwrap();
+            .unwrap()
+            .keep();
+        // SAFETY: registers a plain extern "C" fn with no captured state.
+        unsafe { libc::atexit(remove_fixtures) };
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/make-fs-fixtures.sh");
-        ok(Command::new("bash").arg(script).arg(d.path()));
+        ok(Command::new("bash").arg(script).arg(&d));
         Some(d)
     })
-    .as_ref()
-    .map(|d| d.path())
+    .as_deref()
 }
 
 /// A read-only loop device over part of an image; detached on drop.
