@@ -14,19 +14,15 @@ use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 
 use super::Compression;
+use super::format::{ENTRY_COPIED, L2_COMPRESSED, QCOW2_MAGIC};
 use crate::pipeline::{JobOut, PipelineError, Sink, UnitEncoder, UnitOut};
 
-const MAGIC: u32 = 0x5146_49fb;
 const VERSION: u32 = 3;
 const HEADER_LENGTH: u32 = 112;
 /// Incompatible feature bit 3: compression type in header byte 104.
-const INCOMPAT_COMPRESSION_TYPE: u64 = 1 << 3;
+const INCOMPAT_COMPRESSION_TYPE: u64 = super::format::IncompatFeatures::COMPRESSION_TYPE;
 const COMPRESSION_TYPE_ZLIB: u8 = 0;
 const COMPRESSION_TYPE_ZSTD: u8 = 1;
-/// L1/L2 entry bit 63: refcount is exactly one.
-const ENTRY_COPIED: u64 = 1 << 63;
-/// L2 entry bit 62: compressed cluster descriptor.
-const ENTRY_COMPRESSED: u64 = 1 << 62;
 const SECTOR: u64 = 512;
 /// Write buffer size: large sequential writes, few syscalls.
 const WRITE_BUFFER: usize = 8 << 20;
@@ -37,7 +33,7 @@ const WRITE_BUFFER: usize = 8 << 20;
 pub fn compressed_descriptor(off: u64, len: u64, cluster_bits: u32) -> u64 {
     let x = 62 - (cluster_bits - 8);
     let extra_sectors = ((off + len - 1) / SECTOR) - (off / SECTOR);
-    ENTRY_COMPRESSED | (extra_sectors << x) | off
+    L2_COMPRESSED | (extra_sectors << x) | off
 }
 
 /// Refcount blocks and refcount-table clusters needed so that every cluster of
@@ -311,7 +307,7 @@ impl Qcow2Writer {
             Compression::Zlib => (0u64, COMPRESSION_TYPE_ZLIB),
             Compression::Zstd => (INCOMPAT_COMPRESSION_TYPE, COMPRESSION_TYPE_ZSTD),
         };
-        h.extend_from_slice(&MAGIC.to_be_bytes());
+        h.extend_from_slice(&QCOW2_MAGIC.to_be_bytes());
         h.extend_from_slice(&VERSION.to_be_bytes());
         h.extend_from_slice(&0u64.to_be_bytes()); // backing_file_offset
         h.extend_from_slice(&0u32.to_be_bytes()); // backing_file_size
