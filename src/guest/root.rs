@@ -1,0 +1,413 @@
+//! Paths resolved inside the guest root. Every lookup of a guest path goes
+//! through `openat2(2)` with `RESOLVE_IN_ROOT`: an absolute symlink in the
+//! guest means the guest's `/`, and `..` stops at the guest's root, so no
+//! guest content can name a host path. Magic links (`/proc/*/fd`) are never
+//! followed. The last component of a path that is deleted or truncated is
+//! never followed at all.
+
+use std::ffi::{CString, OsStr, OsString};
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::path::{Path, PathBuf};
+
+/// What `lstat` says about a guest entry.
+#[derive(Debug, Clone, Copy)]
+pub struct Stat {
+    pub mode: u32,
+    pub dev: u64,
+    pub ino: u64,
+    pub nlink: u64,
+    pub size: u64,
+    /// Allocated bytes (st_blocks × 512).
+    pub allocated: u64,
+    pub mtime: i64,
+}
+
+impl Stat {
+    pub fn is_dir(&self) -> bool {
+        self.mode & libc::S_IFMT == libc::S_IFDIR
+    }
+    pub fn is_file(&self) -> bool {
+        self.mode & libc::S_IFMT == libc::S_IFREG
+    }
+    pub fn is_symlink(&self) -> bool {
+        self.mode & libc::S_IFMT == libc::S_IFLNK
+    }
+    fn from(st: &libc::stat) -> Self {
+        Self {
+            mode: st.st_mode,
+            dev: st.st_dev,
+            ino: st.st_ino,
+            nlink: st.st_nlink,
+            size: st.st_size as u64,
+            allocated: (st.st_blocks as u64).saturating_mul(512),
+            mtime: st.st_mtime,
+        }
+    }
+}
+
+fn cstr(b: &[u8]) -> io::Result<CString> {
+    CString::new(b).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in path"))
+}
+
+/// `openat2(dirfd, path, flags, resolve)`.
+pub fn openat2(dirfd: RawFd, path: &[u8], flags: i32, resolve: u64) -> io::Result<OwnedFd> {
+    let p = cstr(path)?;
+    // SAFETY: open_how is plain data; zeroed is a valid value.
+    let mut how: libc::open_how = unsafe { std::mem::zeroed() };
+    how.flags = (flags | libc::O_CLOEXEC) as u64;
+    how.resolve = resolve;
+    loop {
+        // SAFETY: valid pointers for the duration of the call.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_openat2,
+                dirfd,
+                p.as_ptr(),
+                &how as *const libc::open_how,
+                std::mem::size_of::<libc::open_how>(),
+            )
+        };
+        if r >= 0 {
+            // SAFETY: the kernel returned a new descriptor we own.
+            return Ok(unsafe { OwnedFd::from_raw_fd(r as RawFd) });
+        }
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EAGAIN) && e.raw_os_error() != Some(libc::EINTR) {
+            return Err(e);
+        }
+    }
+}
+
+/// `fstatat(dirfd, name, AT_SYMLINK_NOFOLLOW)`; an empty name stats `dirfd`.
+pub fn lstat_at(dirfd: RawFd, name: &[u8]) -> io::Result<Stat> {
+    let p = cstr(name)?;
+    // SAFETY: zeroed stat is valid; pointers live through the call.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    let flags = if name.is_empty() {
+        libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW
+    } else {
+        libc::AT_SYMLINK_NOFOLLOW
+    };
+    let r = unsafe { libc::fstatat(dirfd, p.as_ptr(), &mut st, flags) };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(Stat::from(&st))
+}
+
+/// Names in a directory (no `.`/`..`), sorted.
+pub fn list_dir(dirfd: RawFd) -> io::Result<Vec<OsString>> {
+    // Duplicate: fdopendir takes ownership of its descriptor.
+    let dup = unsafe { libc::fcntl(dirfd, libc::F_DUPFD_CLOEXEC, 0) };
+    if dup < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: dup is a fresh descriptor; fdopendir owns it from here.
+    let dir = unsafe { libc::fdopendir(dup) };
+    if dir.is_null() {
+        let e = io::Error::last_os_error();
+        unsafe { libc::close(dup) };
+        return Err(e);
+    }
+    unsafe { libc::rewinddir(dir) };
+    let mut out = Vec::new();
+    loop {
+        // SAFETY: dir is a valid DIR*; the entry is copied before the next call.
+        let ent = unsafe { libc::readdir64(dir) };
+        if ent.is_null() {
+            break;
+        }
+        let name = unsafe { std::ffi::CStr::from_ptr((*ent).d_name.as_ptr()) }.to_bytes();
+        if name != b"." && name != b".." {
+            out.push(OsString::from_vec(name.to_vec()));
+        }
+    }
+    unsafe { libc::closedir(dir) };
+    out.sort();
+    Ok(out)
+}
+
+/// Splits a guest path into parent and last component.
+pub fn split(path: &Path) -> (&[u8], &[u8]) {
+    let b = path.as_os_str().as_bytes();
+    let b = b.strip_suffix(b"/").unwrap_or(b);
+    match b.iter().rposition(|&c| c == b'/') {
+        Some(i) => (&b[..i.max(1)], &b[i + 1..]),
+        None => (b"/", b),
+    }
+}
+
+/// The guest's root directory, mounted somewhere on the host.
+pub struct GuestRoot {
+    fd: OwnedFd,
+    host: PathBuf,
+}
+
+const RESOLVE_IN: u64 = libc::RESOLVE_IN_ROOT | libc::RESOLVE_NO_MAGICLINKS;
+const RESOLVE_STRICT: u64 =
+    libc::RESOLVE_IN_ROOT | libc::RESOLVE_NO_MAGICLINKS | libc::RESOLVE_NO_SYMLINKS;
+
+impl GuestRoot {
+    pub fn open(host: &Path) -> io::Result<Self> {
+        let fd = openat2(
+            libc::AT_FDCWD,
+            host.as_os_str().as_bytes(),
+            libc::O_PATH | libc::O_DIRECTORY,
+            0,
+        )?;
+        Ok(Self {
+            fd,
+            host: host.to_owned(),
+        })
+    }
+
+    /// Where the guest root is mounted on the host.
+    pub fn host_path(&self) -> &Path {
+        &self.host
+    }
+
+    pub fn fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+
+    fn rel(path: &[u8]) -> &[u8] {
+        let r = path.trim_ascii_start();
+        let mut r = r;
+        while let Some(s) = r.strip_prefix(b"/") {
+            r = s;
+        }
+        if r.is_empty() { b"." } else { r }
+    }
+
+    /// Opens a guest directory for listing, following guest symlinks inside
+    /// the guest root.
+    pub fn open_dir(&self, path: &[u8]) -> io::Result<OwnedFd> {
+        openat2(
+            self.fd(),
+            Self::rel(path),
+            libc::O_RDONLY | libc::O_DIRECTORY,
+            RESOLVE_IN,
+        )
+    }
+
+    /// Opens a directory whose guest path holds no symlink at all: used to
+    /// act on paths a plan recorded in canonical form.
+    pub fn open_dir_strict(&self, path: &[u8]) -> io::Result<OwnedFd> {
+        openat2(
+            self.fd(),
+            Self::rel(path),
+            libc::O_RDONLY | libc::O_DIRECTORY,
+            RESOLVE_STRICT,
+        )
+    }
+
+    /// Opens a guest path with `flags`, symlinks followed inside the guest.
+    pub fn open_at(&self, path: &[u8], flags: i32) -> io::Result<OwnedFd> {
+        openat2(self.fd(), Self::rel(path), flags, RESOLVE_IN)
+    }
+
+    /// Reads a small guest file (following guest symlinks inside the guest).
+    pub fn read(&self, path: &str, max: u64) -> io::Result<Vec<u8>> {
+        use std::io::Read;
+        let fd = self.open_at(
+            path.as_bytes(),
+            libc::O_RDONLY | libc::O_NOCTTY | libc::O_NONBLOCK,
+        )?;
+        let st = lstat_at(fd.as_raw_fd(), b"")?;
+        if !st.is_file() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "not a regular file",
+            ));
+        }
+        let mut f = std::fs::File::from(fd);
+        let mut buf = Vec::new();
+        f.by_ref().take(max).read_to_end(&mut buf)?;
+        Ok(buf)
+    }
+
+    /// `lstat` of a guest path: the parent is resolved inside the guest,
+    /// the last component is not followed.
+    pub fn lstat(&self, path: &[u8]) -> io::Result<Stat> {
+        let (parent, name) = split(Path::new(OsStr::from_bytes(path)));
+        if name.is_empty() {
+            return lstat_at(self.fd(), b"");
+        }
+        let d = self.open_dir(parent)?;
+        lstat_at(d.as_raw_fd(), name)
+    }
+
+    /// Does the guest path exist (as itself, not followed)?
+    pub fn exists(&self, path: &str) -> bool {
+        self.lstat(path.as_bytes()).is_ok()
+    }
+
+    /// The canonical guest path of an open descriptor below the root.
+    pub fn guest_path_of(&self, fd: RawFd) -> io::Result<PathBuf> {
+        let host = std::fs::read_link(format!("/proc/self/fd/{fd}"))?;
+        let rel = host.strip_prefix(&self.host).map_err(|_| {
+            io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                format!("{} resolved outside the guest root", host.display()),
+            )
+        })?;
+        Ok(Path::new("/").join(rel))
+    }
+
+    /// Removes a file, symlink or (empty) directory by canonical guest path.
+    pub fn remove(&self, path: &Path, dir: bool) -> io::Result<()> {
+        let (parent, name) = split(path);
+        let d = self.open_dir_strict(parent)?;
+        let n = cstr(name)?;
+        let flags = if dir { libc::AT_REMOVEDIR } else { 0 };
+        // SAFETY: valid descriptor and C string.
+        if unsafe { libc::unlinkat(d.as_raw_fd(), n.as_ptr(), flags) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// Truncates a regular file to zero bytes, keeping its inode: owner,
+    /// mode, timestamps other than mtime, and xattrs (SELinux label) stay.
+    pub fn truncate(&self, path: &Path) -> io::Result<()> {
+        let (parent, name) = split(path);
+        let d = self.open_dir_strict(parent)?;
+        let fd = openat2(
+            d.as_raw_fd(),
+            name,
+            libc::O_WRONLY | libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY,
+            RESOLVE_STRICT,
+        )?;
+        let st = lstat_at(fd.as_raw_fd(), b"")?;
+        if !st.is_file() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "not a regular file",
+            ));
+        }
+        // SAFETY: valid descriptor.
+        if unsafe { libc::ftruncate(fd.as_raw_fd(), 0) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// Creates or replaces a regular file with `content` and `mode`, owned
+    /// by root. The parent must exist; nothing is followed.
+    pub fn write_file(&self, path: &Path, content: &[u8], mode: u32) -> io::Result<()> {
+        use std::io::Write;
+        let (parent, name) = split(path);
+        let d = self.open_dir_strict(parent)?;
+        let tmp = [b".vmfinal-new.", name].concat();
+        let fd = openat2(
+            d.as_raw_fd(),
+            &tmp,
+            libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW,
+            RESOLVE_STRICT,
+        );
+        let fd = match fd {
+            Ok(f) => f,
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
+                let t = cstr(&tmp)?;
+                unsafe { libc::unlinkat(d.as_raw_fd(), t.as_ptr(), 0) };
+                openat2(
+                    d.as_raw_fd(),
+                    &tmp,
+                    libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW,
+                    RESOLVE_STRICT,
+                )?
+            }
+            Err(e) => return Err(e),
+        };
+        // SAFETY: valid descriptor.
+        unsafe {
+            libc::fchmod(fd.as_raw_fd(), mode);
+            libc::fchown(fd.as_raw_fd(), 0, 0);
+        }
+        let mut f = std::fs::File::from(fd);
+        f.write_all(content)?;
+        f.sync_all()?;
+        let (t, n) = (cstr(&tmp)?, cstr(name)?);
+        // SAFETY: same directory descriptor for both names.
+        if unsafe { libc::renameat(d.as_raw_fd(), t.as_ptr(), d.as_raw_fd(), n.as_ptr()) } != 0 {
+            let e = io::Error::last_os_error();
+            unsafe { libc::unlinkat(d.as_raw_fd(), t.as_ptr(), 0) };
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Creates a symlink (replacing an existing symlink of that name).
+    pub fn symlink(&self, path: &Path, target: &[u8]) -> io::Result<()> {
+        let (parent, name) = split(path);
+        let d = self.open_dir_strict(parent)?;
+        let (t, n) = (cstr(target)?, cstr(name)?);
+        if let Ok(st) = lstat_at(d.as_raw_fd(), name) {
+            if !st.is_symlink() {
+                return Err(io::Error::new(
+                    io::ErrorKind::AlreadyExists,
+                    "exists and is not a symlink",
+                ));
+            }
+            unsafe { libc::unlinkat(d.as_raw_fd(), n.as_ptr(), 0) };
+        }
+        // SAFETY: valid strings and descriptor.
+        if unsafe { libc::symlinkat(t.as_ptr(), d.as_raw_fd(), n.as_ptr()) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// Creates a directory (and missing parents) with `mode`, strictly.
+    pub fn mkdir_p(&self, path: &Path, mode: u32) -> io::Result<()> {
+        let mut cur = PathBuf::from("/");
+        for c in path.components().skip(1) {
+            let parent = cur.clone();
+            cur.push(c);
+            if self.lstat(cur.as_os_str().as_bytes()).is_ok() {
+                continue;
+            }
+            let d = self.open_dir_strict(parent.as_os_str().as_bytes())?;
+            let n = cstr(c.as_os_str().as_bytes())?;
+            // SAFETY: valid descriptor and C string.
+            if unsafe { libc::mkdirat(d.as_raw_fd(), n.as_ptr(), mode) } != 0 {
+                let e = io::Error::last_os_error();
+                if e.raw_os_error() != Some(libc::EEXIST) {
+                    return Err(e);
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn symlinks_stay_inside() {
+        let host = tempfile::tempdir().unwrap();
+        let guest = tempfile::tempdir().unwrap();
+        std::fs::write(host.path().join("secret"), b"host").unwrap();
+        std::fs::create_dir_all(guest.path().join("etc")).unwrap();
+        std::fs::write(guest.path().join("etc/secret"), b"guest").unwrap();
+        std::os::unix::fs::symlink("/etc", guest.path().join("abs")).unwrap();
+        std::os::unix::fs::symlink("../../../../../../..", guest.path().join("up")).unwrap();
+        let g = GuestRoot::open(guest.path()).unwrap();
+        assert_eq!(g.read("/abs/secret", 100).unwrap(), b"guest");
+        let d = g.open_dir(b"/up").unwrap();
+        assert_eq!(g.guest_path_of(d.as_raw_fd()).unwrap(), Path::new("/"));
+        assert!(g.open_dir_strict(b"/abs").is_err());
+        let hostname = host.path().file_name().unwrap().to_str().unwrap();
+        assert!(g.read(&format!("/up/tmp/{hostname}/secret"), 100).is_err());
+    }
+
+    #[test]
+    fn split_paths() {
+        assert_eq!(split(Path::new("/a/b")), (&b"/a"[..], &b"b"[..]));
+        assert_eq!(split(Path::new("/a")), (&b"/"[..], &b"a"[..]));
+    }
+}

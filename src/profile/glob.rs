@@ -1,0 +1,336 @@
+//! Guest path globs: absolute paths whose components may hold `*`, `?`,
+//! `[...]` classes and `{a,b}` alternatives, and whole-component `**`
+//! (zero or more directories). `*` and `?` also match names that start with
+//! a dot: a cleanup that says `/tmp/*` means every entry. They never match
+//! `/`.
+
+use std::ffi::{OsStr, OsString};
+use std::os::unix::ffi::OsStrExt;
+
+/// One component of a glob.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Segment {
+    /// A plain name.
+    Literal(OsString),
+    /// A name pattern with wildcards.
+    Pattern(Vec<Token>),
+    /// `**`: zero or more directories.
+    AnyDirs,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Token {
+    Byte(u8),
+    /// `?`
+    One,
+    /// `*`
+    Any,
+    /// `[...]`: ranges, and whether the class is negated.
+    Class(Vec<(u8, u8)>, bool),
+}
+
+/// A compiled glob (after brace expansion: one alternative).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Glob {
+    pub text: String,
+    pub segments: Vec<Segment>,
+}
+
+/// Expands `{a,b}` alternatives (nested allowed) into plain patterns.
+fn expand_braces(p: &str) -> Result<Vec<String>, String> {
+    let b = p.as_bytes();
+    let Some(open) = b.iter().position(|&c| c == b'{') else {
+        if b.contains(&b'}') {
+            return Err(format!("glob '{p}': '}}' without '{{'"));
+        }
+        return Ok(vec![p.to_string()]);
+    };
+    let mut depth = 0;
+    let mut close = None;
+    let mut commas = Vec::new();
+    for (i, &c) in b.iter().enumerate().skip(open) {
+        match c {
+            b'{' => depth += 1,
+            b'}' => {
+                depth -= 1;
+                if depth == 0 {
+                    close = Some(i);
+                    break;
+                }
+            }
+            b',' if depth == 1 => commas.push(i),
+            _ => {}
+        }
+    }
+    let close = close.ok_or_else(|| format!("glob '{p}': '{{' is never closed"))?;
+    let mut cuts = vec![open];
+    cuts.extend(&commas);
+    cuts.push(close);
+    let mut out = Vec::new();
+    for w in cuts.windows(2) {
+        let alt = format!("{}{}{}", &p[..open], &p[w[0] + 1..w[1]], &p[close + 1..]);
+        out.extend(expand_braces(&alt)?);
+    }
+    Ok(out)
+}
+
+fn compile_component(c: &str, whole: &str) -> Result<Segment, String> {
+    if c == "**" {
+        return Ok(Segment::AnyDirs);
+    }
+    if c.contains("**") {
+        return Err(format!(
+            "glob '{whole}': '**' must be a whole path component, as in /a/**/b"
+        ));
+    }
+    if !c.contains(['*', '?', '[', ']', '\\']) {
+        return Ok(Segment::Literal(OsString::from(c)));
+    }
+    let b = c.as_bytes();
+    let mut toks = Vec::new();
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'*' => toks.push(Token::Any),
+            b'?' => toks.push(Token::One),
+            b'\\' => {
+                i += 1;
+                let &e = b
+                    .get(i)
+                    .ok_or_else(|| format!("glob '{whole}': trailing '\\'"))?;
+                toks.push(Token::Byte(e));
+            }
+            b'[' => {
+                let mut j = i + 1;
+                let neg = matches!(b.get(j), Some(b'!') | Some(b'^'));
+                if neg {
+                    j += 1;
+                }
+                let mut ranges = Vec::new();
+                let mut first = true;
+                loop {
+                    let &c0 = b
+                        .get(j)
+                        .ok_or_else(|| format!("glob '{whole}': '[' is never closed"))?;
+                    if c0 == b']' && !first {
+                        break;
+                    }
+                    first = false;
+                    if b.get(j + 1) == Some(&b'-') && b.get(j + 2).is_some_and(|&e| e != b']') {
+                        let hi = b[j + 2];
+                        if hi < c0 {
+                            return Err(format!("glob '{whole}': bad range in class"));
+                        }
+                        ranges.push((c0, hi));
+                        j += 3;
+                    } else {
+                        ranges.push((c0, c0));
+                        j += 1;
+                    }
+                }
+                toks.push(Token::Class(ranges, neg));
+                i = j;
+            }
+            b']' => return Err(format!("glob '{whole}': ']' without '['")),
+            x => toks.push(Token::Byte(x)),
+        }
+        i += 1;
+    }
+    if toks.iter().all(|t| matches!(t, Token::Byte(_))) {
+        let lit: Vec<u8> = toks
+            .iter()
+            .filter_map(|t| match t {
+                Token::Byte(x) => Some(*x),
+                _ => None,
+            })
+            .collect();
+        return Ok(Segment::Literal(OsStr::from_bytes(&lit).to_owned()));
+    }
+    Ok(Segment::Pattern(toks))
+}
+
+/// Compiles a pattern into one glob per brace alternative. Errors name the
+/// pattern and what is wrong with it.
+pub fn compile(p: &str) -> Result<Vec<Glob>, String> {
+    let mut out = Vec::new();
+    for alt in expand_braces(p)? {
+        if !alt.starts_with('/') {
+            return Err(format!(
+                "glob '{p}' must be an absolute guest path (start with /)"
+            ));
+        }
+        let mut segments = Vec::new();
+        for c in alt.split('/').skip(1) {
+            if c.is_empty() {
+                // A trailing slash is allowed ("/tmp/"); empty middles are not.
+                continue;
+            }
+            if c == "." || c == ".." {
+                return Err(format!(
+                    "glob '{p}': '.' and '..' components are not allowed"
+                ));
+            }
+            segments.push(compile_component(c, p)?);
+        }
+        if segments.is_empty() {
+            return Err(format!("glob '{p}' names the guest root itself"));
+        }
+        out.push(Glob {
+            text: alt,
+            segments,
+        });
+    }
+    Ok(out)
+}
+
+/// Does a name (one component) match the token list?
+pub fn match_name(toks: &[Token], name: &[u8]) -> bool {
+    // Iterative wildcard match with single backtrack point for `*`.
+    let (mut t, mut n) = (0usize, 0usize);
+    let mut star: Option<(usize, usize)> = None;
+    while n < name.len() {
+        let ok = match toks.get(t) {
+            Some(Token::Byte(c)) => *c == name[n],
+            Some(Token::One) => true,
+            Some(Token::Class(r, neg)) => {
+                r.iter().any(|&(a, b)| (a..=b).contains(&name[n])) != *neg
+            }
+            Some(Token::Any) => {
+                star = Some((t, n));
+                t += 1;
+                continue;
+            }
+            None => false,
+        };
+        if ok {
+            t += 1;
+            n += 1;
+        } else if let Some((st, sn)) = star {
+            t = st + 1;
+            n = sn + 1;
+            star = Some((st, sn + 1));
+        } else {
+            return false;
+        }
+    }
+    toks[t..].iter().all(|x| matches!(x, Token::Any))
+}
+
+pub fn segment_matches(seg: &Segment, name: &[u8]) -> bool {
+    match seg {
+        Segment::Literal(l) => l.as_bytes() == name,
+        Segment::Pattern(t) => match_name(t, name),
+        Segment::AnyDirs => true,
+    }
+}
+
+impl Glob {
+    /// Does the whole guest path (absolute, no trailing slash) match?
+    pub fn matches(&self, path: &[u8]) -> bool {
+        let comps: Vec<&[u8]> = path
+            .split(|&c| c == b'/')
+            .filter(|c| !c.is_empty())
+            .collect();
+        match_segments(&self.segments, &comps)
+    }
+
+    /// Does the glob match `path` or any of its ancestors?
+    pub fn matches_self_or_ancestor(&self, path: &[u8]) -> bool {
+        let comps: Vec<&[u8]> = path
+            .split(|&c| c == b'/')
+            .filter(|c| !c.is_empty())
+            .collect();
+        (1..=comps.len()).any(|n| match_segments(&self.segments, &comps[..n]))
+    }
+
+    /// Could a descendant of `path` match? (For pruning walks.)
+    pub fn may_match_below(&self, path: &[u8]) -> bool {
+        let comps: Vec<&[u8]> = path
+            .split(|&c| c == b'/')
+            .filter(|c| !c.is_empty())
+            .collect();
+        prefix_possible(&self.segments, &comps)
+    }
+}
+
+fn match_segments(segs: &[Segment], comps: &[&[u8]]) -> bool {
+    match segs.first() {
+        None => comps.is_empty(),
+        // A trailing `**` means everything below, not the directory itself.
+        Some(Segment::AnyDirs) if segs.len() == 1 => !comps.is_empty(),
+        Some(Segment::AnyDirs) => {
+            (0..=comps.len()).any(|k| match_segments(&segs[1..], &comps[k..]))
+        }
+        Some(s) => {
+            !comps.is_empty()
+                && segment_matches(s, comps[0])
+                && match_segments(&segs[1..], &comps[1..])
+        }
+    }
+}
+
+fn prefix_possible(segs: &[Segment], comps: &[&[u8]]) -> bool {
+    if comps.is_empty() {
+        return !segs.is_empty();
+    }
+    match segs.first() {
+        None => false,
+        Some(Segment::AnyDirs) => true,
+        Some(s) => segment_matches(s, comps[0]) && prefix_possible(&segs[1..], &comps[1..]),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn m(p: &str, path: &str) -> bool {
+        compile(p)
+            .unwrap()
+            .iter()
+            .any(|g| g.matches(path.as_bytes()))
+    }
+
+    #[test]
+    fn wildcards() {
+        assert!(m(
+            "/var/cache/apt/archives/*.deb",
+            "/var/cache/apt/archives/a_1.deb"
+        ));
+        assert!(!m(
+            "/var/cache/apt/archives/*.deb",
+            "/var/cache/apt/archives/partial/a.deb"
+        ));
+        assert!(m("/tmp/*", "/tmp/.X11-unix"));
+        assert!(m("/var/log/**/*.gz", "/var/log/a.gz"));
+        assert!(m("/var/log/**/*.gz", "/var/log/x/y/a.gz"));
+        assert!(m("/usr/share/doc/**", "/usr/share/doc/a/b"));
+        assert!(!m("/usr/share/doc/**", "/usr/share/doc"));
+        assert!(m("/var/log/*.[0-9]", "/var/log/syslog.1"));
+        assert!(!m("/var/log/*.[0-9]", "/var/log/syslog.x"));
+        assert!(m("/var/log/*.[!0-9]", "/var/log/syslog.x"));
+        assert!(m("/usr/share/{doc,man}/x", "/usr/share/man/x"));
+        assert!(m("/a/f?o", "/a/foo"));
+        assert!(m("/a/*b*c", "/a/xxbyyc"));
+        assert!(!m("/a/*b*c", "/a/xxbyyd"));
+    }
+
+    #[test]
+    fn bad_globs() {
+        for p in [
+            "var/log", "/a/[b", "/a/b**", "/a/../b", "/a/{b", "/", "/a/b]",
+        ] {
+            assert!(compile(p).is_err(), "{p} should fail");
+        }
+    }
+
+    #[test]
+    fn ancestors_and_pruning() {
+        let g = &compile("/usr/share/doc/*/copyright").unwrap()[0];
+        assert!(g.may_match_below(b"/usr/share/doc/bash"));
+        assert!(!g.may_match_below(b"/usr/share/man"));
+        assert!(g.matches_self_or_ancestor(b"/usr/share/doc/bash/copyright"));
+        let g = &compile("/var/lib/apt/lists/partial").unwrap()[0];
+        assert!(g.matches_self_or_ancestor(b"/var/lib/apt/lists/partial/x"));
+    }
+}

@@ -1,0 +1,424 @@
+//! `keep-newest-kernels`: old kernels are removed through the guest's
+//! package manager, never by deleting files, so its database stays
+//! consistent. dpkg: `dpkg --purge` run chrooted in the guest (maintainer
+//! scripts remove the initramfs and regenerate grub.cfg); rpm: `rpm -e` run
+//! chrooted with the guest's own rpm; apk installs one kernel per flavour, so
+//! there is nothing old to remove.
+//!
+//! The plan lists every file the removal takes away: the packages' files
+//! (dpkg's `.list`), `/lib/modules/KVER` and `/boot/*-KVER`. After the
+//! package manager ran, whatever of that list is left (generated files no
+//! package owns) is swept.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::os::fd::AsRawFd;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use super::plan::{Ctx, Sandbox};
+use super::version;
+use crate::guest::root::{self, GuestRoot, Stat};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Dpkg,
+    Rpm,
+}
+
+#[derive(Debug, Clone)]
+pub struct KernelPlan {
+    pub backend: Backend,
+    /// Packages to remove (kernel images and their per-version companions).
+    pub purge: Vec<String>,
+    /// Kernel packages kept.
+    pub keep: Vec<String>,
+    /// Files and directories that go (files first, then directories deepest first).
+    pub paths: Vec<(PathBuf, Stat)>,
+    pub note: Option<String>,
+}
+
+struct DebPkg {
+    name: String,
+    version: String,
+    installed: bool,
+    depends: Vec<String>,
+}
+
+fn parse_status(text: &str) -> Vec<DebPkg> {
+    let mut out = Vec::new();
+    for para in text.split("\n\n") {
+        let mut p = DebPkg {
+            name: String::new(),
+            version: String::new(),
+            installed: false,
+            depends: Vec::new(),
+        };
+        let mut field = "";
+        for line in para.lines() {
+            let (key, val) = if line.starts_with([' ', '\t']) {
+                (field, line.trim())
+            } else if let Some((k, v)) = line.split_once(':') {
+                field = k;
+                (k, v.trim())
+            } else {
+                continue;
+            };
+            match key {
+                "Package" => p.name = val.to_string(),
+                "Version" => p.version = val.to_string(),
+                "Status" => p.installed = val.ends_with(" installed") && val.starts_with("install"),
+                "Depends" | "Pre-Depends" => {
+                    for d in val.split([',', '|']) {
+                        let n = d.trim().split([' ', '(', ':']).next().unwrap_or("");
+                        if !n.is_empty() {
+                            p.depends.push(n.to_string());
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        if !p.name.is_empty() {
+            out.push(p);
+        }
+    }
+    out
+}
+
+fn dpkg_list(root: &GuestRoot, pkg: &str) -> Vec<String> {
+    for name in [
+        format!("{pkg}.list"),
+        format!("{pkg}:amd64.list"),
+        format!("{pkg}:arm64.list"),
+    ] {
+        if let Ok(b) = root.read(&format!("/var/lib/dpkg/info/{name}"), 64 << 20) {
+            return String::from_utf8_lossy(&b)
+                .lines()
+                .map(str::to_string)
+                .collect();
+        }
+    }
+    Vec::new()
+}
+
+/// Canonical guest path of `p` (parent resolved inside the guest) and its lstat.
+fn canon(root: &GuestRoot, p: &str) -> Option<(PathBuf, Stat)> {
+    let (parent, name) = root::split(Path::new(p));
+    if name.is_empty() {
+        return None;
+    }
+    let d = root.open_dir(parent).ok()?;
+    let st = root::lstat_at(d.as_raw_fd(), name).ok()?;
+    let dir = root.guest_path_of(d.as_raw_fd()).ok()?;
+    Some((dir.join(std::ffi::OsStr::from_bytes(name)), st))
+}
+
+fn collect_tree(
+    root: &GuestRoot,
+    p: &str,
+    files: &mut BTreeMap<PathBuf, Stat>,
+    dirs: &mut BTreeMap<PathBuf, Stat>,
+) {
+    let Some((path, st)) = canon(root, p) else {
+        return;
+    };
+    if !st.is_dir() {
+        files.insert(path, st);
+        return;
+    }
+    let Ok(fd) = root.open_dir_strict(path.as_os_str().as_bytes()) else {
+        return;
+    };
+    for name in root::list_dir(fd.as_raw_fd()).unwrap_or_default() {
+        let child = path.join(&name);
+        collect_tree(root, &child.to_string_lossy(), files, dirs);
+    }
+    dirs.insert(path, st);
+}
+
+fn order(files: BTreeMap<PathBuf, Stat>, dirs: BTreeMap<PathBuf, Stat>) -> Vec<(PathBuf, Stat)> {
+    let mut out: Vec<(PathBuf, Stat)> = files.into_iter().collect();
+    let mut d: Vec<(PathBuf, Stat)> = dirs.into_iter().collect();
+    d.sort_by(|a, b| {
+        b.0.components()
+            .count()
+            .cmp(&a.0.components().count())
+            .then_with(|| a.0.cmp(&b.0))
+    });
+    out.extend(d);
+    out
+}
+
+fn plan_dpkg(root: &GuestRoot, keep: u32) -> Result<KernelPlan, String> {
+    let status = root
+        .read("/var/lib/dpkg/status", 256 << 20)
+        .map_err(|e| format!("cannot read /var/lib/dpkg/status: {e}"))?;
+    let pkgs = parse_status(&String::from_utf8_lossy(&status));
+    let installed: BTreeMap<&str, &DebPkg> = pkgs
+        .iter()
+        .filter(|p| p.installed)
+        .map(|p| (p.name.as_str(), p))
+        .collect();
+    // Kernel images: linux-image-* packages that ship /boot/vmlinuz-KVER.
+    let mut kernels: Vec<(&DebPkg, String, Vec<String>)> = Vec::new();
+    for p in installed.values() {
+        if !p.name.starts_with("linux-image-") {
+            continue;
+        }
+        let list = dpkg_list(root, &p.name);
+        if let Some(kver) = list
+            .iter()
+            .find_map(|l| l.strip_prefix("/boot/vmlinuz-"))
+            .map(str::to_string)
+        {
+            kernels.push((p, kver, list));
+        }
+    }
+    kernels.sort_by(|a, b| {
+        version::deb_cmp(&b.0.version, &a.0.version).then_with(|| version::deb_cmp(&b.1, &a.1))
+    });
+    let mut plan = KernelPlan {
+        backend: Backend::Dpkg,
+        purge: Vec::new(),
+        keep: Vec::new(),
+        paths: Vec::new(),
+        note: None,
+    };
+    if kernels.is_empty() {
+        plan.note = Some("no kernel package installed".into());
+        return Ok(plan);
+    }
+    let (kept, old) = kernels.split_at((keep as usize).min(kernels.len()));
+    plan.keep = kept.iter().map(|k| k.0.name.clone()).collect();
+    let mut candidates: Vec<(String, String, Vec<String>)> = Vec::new();
+    for (p, kver, list) in old {
+        let mut names = vec![(p.name.clone(), list.clone())];
+        for companion in [
+            "linux-headers-",
+            "linux-modules-",
+            "linux-modules-extra-",
+            "linux-image-unsigned-",
+        ] {
+            let n = format!("{companion}{kver}");
+            if n != p.name && installed.contains_key(n.as_str()) {
+                let l = dpkg_list(root, &n);
+                names.push((n, l));
+            }
+        }
+        for (n, l) in names {
+            candidates.push((n, kver.clone(), l));
+        }
+    }
+    // Something that stays and depends on a candidate keeps it (and dpkg
+    // would refuse anyway).
+    let purge_names: BTreeSet<&str> = candidates.iter().map(|c| c.0.as_str()).collect();
+    let mut blocked: BTreeSet<String> = BTreeSet::new();
+    for p in installed.values() {
+        if purge_names.contains(p.name.as_str()) {
+            continue;
+        }
+        for d in &p.depends {
+            if purge_names.contains(d.as_str()) {
+                blocked.insert(d.clone());
+            }
+        }
+    }
+    let blocked_kvers: BTreeSet<String> = candidates
+        .iter()
+        .filter(|c| blocked.contains(&c.0))
+        .map(|c| c.1.clone())
+        .collect();
+    if !blocked_kvers.is_empty() {
+        plan.note = Some(format!(
+            "kept kernel {} (an installed package depends on it)",
+            blocked_kvers.iter().cloned().collect::<Vec<_>>().join(", ")
+        ));
+    }
+    let mut files = BTreeMap::new();
+    let mut dirs = BTreeMap::new();
+    let mut kvers = BTreeSet::new();
+    for (name, kver, list) in &candidates {
+        if blocked_kvers.contains(kver) {
+            continue;
+        }
+        plan.purge.push(name.clone());
+        kvers.insert(kver.clone());
+        for l in list {
+            if let Some((path, st)) = canon(root, l) {
+                if !st.is_dir() {
+                    files.insert(path, st);
+                }
+            }
+        }
+    }
+    for kver in &kvers {
+        collect_tree(root, &format!("/lib/modules/{kver}"), &mut files, &mut dirs);
+        collect_tree(
+            root,
+            &format!("/usr/src/linux-headers-{kver}"),
+            &mut files,
+            &mut dirs,
+        );
+        collect_tree(
+            root,
+            &format!("/var/lib/initramfs-tools/{kver}"),
+            &mut files,
+            &mut dirs,
+        );
+        if let Ok(fd) = root.open_dir(b"/boot") {
+            for name in root::list_dir(fd.as_raw_fd()).unwrap_or_default() {
+                let n = name.to_string_lossy();
+                if n.ends_with(&format!("-{kver}")) {
+                    collect_tree(root, &format!("/boot/{n}"), &mut files, &mut dirs);
+                }
+            }
+        }
+    }
+    plan.paths = order(files, dirs);
+    Ok(plan)
+}
+
+fn plan_rpm(ctx: &Ctx, keep: u32) -> Result<KernelPlan, String> {
+    let mut plan = KernelPlan {
+        backend: Backend::Rpm,
+        purge: Vec::new(),
+        keep: Vec::new(),
+        paths: Vec::new(),
+        note: None,
+    };
+    if !ctx.root.exists("/usr/bin/rpm") && !ctx.root.exists("/bin/rpm") {
+        plan.note = Some("rpm guest without an rpm binary: kernels left alone".into());
+        return Ok(plan);
+    }
+    let Some(sb) = ctx.sandbox else {
+        plan.note = Some("the rpm query needs the guest sandbox: kernels left alone".into());
+        return Ok(plan);
+    };
+    let (ok, out) = sb
+        .run(&[
+            "rpm",
+            "-q",
+            "--qf",
+            "%{NAME}\t%{EPOCHNUM}:%{VERSION}-%{RELEASE}\t%{VERSION}-%{RELEASE}.%{ARCH}\n",
+            "kernel-core",
+            "kernel",
+            "kernel-default",
+        ])
+        .map_err(|e| format!("rpm query: {e}"))?;
+    if !ok && out.trim().is_empty() {
+        return Err("rpm -q failed in the guest".into());
+    }
+    let mut ks: Vec<(String, String, String)> = out
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.split('\t');
+            Some((
+                f.next()?.to_string(),
+                f.next()?.to_string(),
+                f.next()?.to_string(),
+            ))
+        })
+        .collect();
+    // kernel-core is the package with the files; "kernel" is a meta package
+    // of the same version. Group by KVER.
+    let mut by_kver: BTreeMap<String, (String, Vec<String>)> = BTreeMap::new();
+    for (name, evr, kver) in ks.drain(..) {
+        let e = by_kver.entry(kver.clone()).or_insert((evr, Vec::new()));
+        e.1.push(format!("{name}-{kver}"));
+    }
+    let mut kernels: Vec<(String, String, Vec<String>)> = by_kver
+        .into_iter()
+        .map(|(k, (evr, p))| (k, evr, p))
+        .collect();
+    kernels.sort_by(|a, b| {
+        let (ea, va) = a.1.split_once(':').unwrap_or(("0", &a.1));
+        let (eb, vb) = b.1.split_once(':').unwrap_or(("0", &b.1));
+        version::rpm_cmp(eb, ea).then_with(|| version::rpm_cmp(vb, va))
+    });
+    let (kept, old) = kernels.split_at((keep as usize).min(kernels.len()));
+    plan.keep = kept.iter().flat_map(|k| k.2.clone()).collect();
+    let mut files = BTreeMap::new();
+    let mut dirs = BTreeMap::new();
+    for (kver, _, pkgs) in old {
+        // Companion packages of the same version (modules, modules-core, ...).
+        let (_, all) = sb
+            .run(&[
+                "rpm",
+                "-qa",
+                "--qf",
+                "%{NAME}-%{VERSION}-%{RELEASE}.%{ARCH}\n",
+                "kernel*",
+            ])
+            .map_err(|e| format!("rpm query: {e}"))?;
+        let mut names: Vec<String> = all
+            .lines()
+            .filter(|l| l.ends_with(kver.as_str()))
+            .map(str::to_string)
+            .collect();
+        names.extend(pkgs.iter().cloned());
+        names.sort();
+        names.dedup();
+        for n in &names {
+            let (_, fl) = sb
+                .run(&["rpm", "-ql", n])
+                .map_err(|e| format!("rpm -ql: {e}"))?;
+            for l in fl.lines().filter(|l| l.starts_with('/')) {
+                if let Some((p, st)) = canon(ctx.root, l) {
+                    if !st.is_dir() {
+                        files.insert(p, st);
+                    }
+                }
+            }
+        }
+        plan.purge.extend(names);
+        collect_tree(
+            ctx.root,
+            &format!("/lib/modules/{kver}"),
+            &mut files,
+            &mut dirs,
+        );
+        if let Ok(fd) = ctx.root.open_dir(b"/boot") {
+            for name in root::list_dir(fd.as_raw_fd()).unwrap_or_default() {
+                let n = name.to_string_lossy();
+                if n.contains(&format!("-{kver}")) {
+                    collect_tree(ctx.root, &format!("/boot/{n}"), &mut files, &mut dirs);
+                }
+            }
+        }
+    }
+    plan.paths = order(files, dirs);
+    Ok(plan)
+}
+
+/// Plans the removal of all but the `keep` newest kernels.
+pub fn plan(ctx: &Ctx, keep: u32) -> Result<KernelPlan, String> {
+    let root = ctx.root;
+    if root.exists("/var/lib/dpkg/status") {
+        plan_dpkg(root, keep)
+    } else if root.exists("/var/lib/rpm") || root.exists("/usr/lib/sysimage/rpm") {
+        plan_rpm(ctx, keep)
+    } else if root.exists("/lib/apk/db/installed") {
+        Err("apk installs one kernel per flavour: nothing old to remove".into())
+    } else {
+        Err("no package database found (dpkg, rpm, apk)".into())
+    }
+}
+
+/// Removes the planned packages inside the guest.
+pub fn execute(sb: &dyn Sandbox, plan: &KernelPlan) -> anyhow::Result<()> {
+    let mut argv: Vec<&str> = match plan.backend {
+        Backend::Dpkg => vec!["dpkg", "--purge"],
+        Backend::Rpm => vec!["rpm", "-e"],
+    };
+    argv.extend(plan.purge.iter().map(String::as_str));
+    let (ok, out) = sb.run(&argv)?;
+    if !ok {
+        let tail: Vec<&str> = out.lines().rev().take(3).collect();
+        anyhow::bail!(
+            "removing old kernels failed ({}): {}",
+            argv[..2].join(" "),
+            tail.into_iter().rev().collect::<Vec<_>>().join(" / ")
+        );
+    }
+    Ok(())
+}
