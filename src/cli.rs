@@ -24,6 +24,16 @@ pub enum Command {
     Info(commands::info::InfoArgs),
     /// Report partitions, filesystems, free space and estimated output sizes
     Analyze(commands::analyze::AnalyzeArgs),
+    /// Clean the guest of a raw image in place with cleanup profiles, then reclaim free space (root)
+    Clean(commands::clean::CleanArgs),
+    /// Clean a copy of the guest with profiles, reclaim, and compact it into OUT (root)
+    Finalize(Box<commands::finalize::FinalizeArgs>),
+    /// List, show and check cleanup profiles
+    Profiles(commands::profiles::ProfilesArgs),
+    /// Remove loop devices and files that killed vmfinal runs left behind (root)
+    Cleanup(commands::cleanup::CleanupArgs),
+    #[command(name = "__sandbox", hide = true)]
+    Sandbox(crate::guest::sandbox::SandboxArgs),
 }
 
 /// Parses sizes such as `65536`, `64K`, `64KiB`, `2M`, `1G`.

@@ -18,4 +18,6 @@ pub mod interrupt;
 pub mod output;
 pub mod pipeline;
 pub mod profile;
+pub mod reclaim;
 pub mod report;
+pub mod session;

@@ -20,6 +20,11 @@ fn main() {
         Command::Check(a) => commands::check::run(a),
         Command::Info(a) => commands::info::run(a),
         Command::Analyze(a) => commands::analyze::run(a),
+        Command::Clean(a) => commands::clean::run(a),
+        Command::Finalize(a) => commands::finalize::run(a),
+        Command::Profiles(a) => commands::profiles::run(a),
+        Command::Cleanup(a) => commands::cleanup::run(a),
+        Command::Sandbox(a) => vmfinal::guest::sandbox::init(a),
     };
     match result {
         Ok(code) => std::process::exit(code),

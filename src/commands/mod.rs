@@ -3,9 +3,13 @@
 
 pub mod analyze;
 pub mod check;
+pub mod clean;
+pub mod cleanup;
 pub mod compact;
 pub mod expand;
+pub mod finalize;
 pub mod info;
+pub mod profiles;
 
 /// Outcome of a command: the process exit code.
 pub type ExitCode = i32;

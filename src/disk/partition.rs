@@ -34,6 +34,10 @@ pub struct Partition {
     pub size: u64,
     /// `mbr:0x83`, `gpt:0FC63DAF-...`, or `disk`.
     pub type_id: String,
+    /// PARTUUID as fstab names it: the GPT unique GUID (lowercase), or the
+    /// MBR disk signature and number (`1234abcd-01`); empty for a bare disk.
+    #[serde(skip)]
+    pub part_uuid: String,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -83,6 +87,7 @@ pub fn read_partitions(src: &dyn BlockSource) -> PartitionTable {
             start: 0,
             size,
             type_id: "disk".into(),
+            part_uuid: String::new(),
         }],
         warnings: Vec::new(),
     };
@@ -141,10 +146,15 @@ pub fn read_partitions(src: &dyn BlockSource) -> PartitionTable {
                 start: e.1 * SECTOR,
                 size: e.2 * SECTOR,
                 type_id: format!("mbr:{:#04x}", e.0),
+                part_uuid: String::new(),
             });
         }
     }
     t.partitions.sort_by_key(|p| p.start);
+    let sig = le32(&mbr, 440);
+    for p in &mut t.partitions {
+        p.part_uuid = format!("{sig:08x}-{:02x}", p.index);
+    }
     t
 }
 
@@ -176,6 +186,7 @@ fn read_logical(src: &dyn BlockSource, ext: u64, t: &mut PartitionTable) {
                     start,
                     size: len,
                     type_id: format!("mbr:{:#04x}", e0[4]),
+                    part_uuid: String::new(),
                 });
             } else {
                 t.warnings.push(format!(
@@ -269,6 +280,7 @@ fn gpt_at(src: &dyn BlockSource, lba: u64) -> Result<Vec<Partition>, String> {
             start,
             size: end - start,
             type_id: format!("gpt:{}", guid(&e[0..16])),
+            part_uuid: guid(&e[16..32]).to_ascii_lowercase(),
         });
     }
     out.sort_by_key(|p| p.start);

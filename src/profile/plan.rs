@@ -8,7 +8,8 @@
 //! wildcard) is resolved inside the guest root, following the guest's own
 //! symlinks there (merged /usr needs that); below a wildcard nothing is
 //! followed; the last component is never followed (a symlink is removed as
-//! a link). Directories are removed bottom-up; a directory that still holds
+//! a link). A prefix whose symlinks lead up to one of its own ancestors
+//! (`/var/log -> /`) matches nothing. Directories are removed bottom-up; a directory that still holds
 //! a kept entry, or is a mount point, stays.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -166,6 +167,13 @@ pub fn find(root: &GuestRoot, g: &Glob) -> Vec<Entry> {
     let Ok(canon) = root.guest_path_of(fd.as_raw_fd()) else {
         return out;
     };
+    // A guest symlink may move the prefix sideways (/lib -> usr/lib,
+    // /var/run -> /run) but not up onto one of its own ancestors
+    // (/var/log -> /): that would turn a log cleanup into a sweep of the
+    // whole guest.
+    if canon != prefix && prefix.starts_with(&canon) {
+        return out;
+    }
     walk(&fd, &canon, &g.segments[lit..], &mut out);
     out.sort_by(|a, b| a.path.cmp(&b.path));
     out.dedup_by(|a, b| a.path == b.path);

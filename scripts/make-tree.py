@@ -1,0 +1,83 @@
+#!/usr/bin/env python3
+"""Builds a synthetic guest file tree from a recipe (vm-fixtures/*/tree.txt).
+
+    scripts/make-tree.py RECIPE OUTDIR
+
+Recipe lines (paths are guest paths; '#' starts a comment):
+    dir  PATH [MODE]                 a directory (parents made as needed)
+    file PATH SIZE [random|zero|text]  SIZE like 4096, 100K, 2M; default random
+    text PATH CONTENT...             the rest of the line; '\\n' is a newline
+    link PATH TARGET                 a symlink (TARGET kept verbatim)
+    mode PATH MODE                   chmod (octal)
+    include RECIPE                   another recipe, relative to this one
+Random content is seeded by the path, so the same recipe gives the same bytes.
+"""
+import os
+import random
+import shutil
+import sys
+
+
+def size(s):
+    mult = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+    return int(s[:-1]) * mult[s[-1]] if s[-1] in mult else int(s)
+
+
+def build(recipe, out):
+    base = os.path.dirname(os.path.abspath(recipe))
+    for n, line in enumerate(open(recipe), 1):
+        line = line.rstrip("\n")
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        parts = line.split(None, 2)
+        kind = parts[0]
+        if kind == "include":
+            build(os.path.join(base, parts[1]), out)
+            continue
+        if len(parts) < 2 or not parts[1].startswith("/"):
+            sys.exit(f"{recipe}:{n}: expected KIND /PATH ...")
+        path = out + parts[1]
+        arg = parts[2] if len(parts) > 2 else ""
+        if kind == "dir":
+            os.makedirs(path, exist_ok=True)
+            if arg:
+                os.chmod(path, int(arg, 8))
+            continue
+        if kind == "mode":
+            os.chmod(path, int(arg, 8), follow_symlinks=False)
+            continue
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        if kind == "file":
+            a = arg.split()
+            nbytes = size(a[0])
+            how = a[1] if len(a) > 1 else "random"
+            rng = random.Random(parts[1])
+            with open(path, "wb") as f:
+                if how == "zero":
+                    f.write(bytes(nbytes))
+                elif how == "text":
+                    words = [b"lorem", b"ipsum", b"dolor", b"sit", b"amet", b"\n"]
+                    buf = bytearray()
+                    while len(buf) < nbytes:
+                        buf += rng.choice(words) + b" "
+                    f.write(bytes(buf[:nbytes]))
+                else:
+                    f.write(rng.randbytes(nbytes))
+        elif kind == "text":
+            with open(path, "w") as f:
+                f.write(arg.replace("\\n", "\n"))
+        elif kind == "link":
+            if os.path.isdir(path) and not os.path.islink(path):
+                shutil.rmtree(path)
+            elif os.path.lexists(path):
+                os.remove(path)
+            os.symlink(arg, path)
+        else:
+            sys.exit(f"{recipe}:{n}: unknown kind {kind}")
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 3:
+        sys.exit(__doc__)
+    os.makedirs(sys.argv[2], exist_ok=True)
+    build(sys.argv[1], sys.argv[2])

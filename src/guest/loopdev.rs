@@ -1,0 +1,232 @@
+//! Loop devices with an offset and size limit per partition (this kind of
+//! kernel may have no partition parser), set up with `LOOP_CONFIGURE` and
+//! `LO_FLAGS_AUTOCLEAR`: the kernel detaches a device by itself once its
+//! last user (our descriptor, the mount) is gone, so even a SIGKILL leaves
+//! none behind. Each device is tagged `vmfinal:PID` in its `lo_file_name`,
+//! which `vmfinal cleanup` looks for.
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+
+const LOOP_SET_FD: libc::c_ulong = 0x4C00;
+const LOOP_CLR_FD: libc::c_ulong = 0x4C01;
+const LOOP_SET_STATUS64: libc::c_ulong = 0x4C04;
+const LOOP_GET_STATUS64: libc::c_ulong = 0x4C05;
+const LOOP_CONFIGURE: libc::c_ulong = 0x4C0A;
+const LOOP_CTL_GET_FREE: libc::c_ulong = 0x4C82;
+const LO_FLAGS_READ_ONLY: u32 = 1;
+const LO_FLAGS_AUTOCLEAR: u32 = 4;
+const LO_NAME_SIZE: usize = 64;
+
+/// Tag prefix in `lo_file_name`.
+pub const TAG: &str = "vmfinal:";
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct LoopInfo64 {
+    lo_device: u64,
+    lo_inode: u64,
+    lo_rdevice: u64,
+    lo_offset: u64,
+    lo_sizelimit: u64,
+    lo_number: u32,
+    lo_encrypt_type: u32,
+    lo_encrypt_key_size: u32,
+    lo_flags: u32,
+    lo_file_name: [u8; LO_NAME_SIZE],
+    lo_crypt_name: [u8; LO_NAME_SIZE],
+    lo_encrypt_key: [u8; 32],
+    lo_init: [u64; 2],
+}
+
+#[repr(C)]
+struct LoopConfig {
+    fd: u32,
+    block_size: u32,
+    info: LoopInfo64,
+    reserved: [u64; 8],
+}
+
+fn zero_info() -> LoopInfo64 {
+    // SAFETY: plain old data; all-zero is valid.
+    unsafe { std::mem::zeroed() }
+}
+
+/// An attached loop device; dropping it detaches it (or leaves that to the
+/// kernel's autoclear while a mount still uses it).
+pub struct LoopDevice {
+    path: PathBuf,
+    file: File,
+    pub offset: u64,
+    pub size: u64,
+}
+
+impl LoopDevice {
+    /// Attaches `backing[offset .. offset+size]`.
+    pub fn attach(backing: &Path, offset: u64, size: u64, read_only: bool) -> io::Result<Self> {
+        let bf = OpenOptions::new()
+            .read(true)
+            .write(!read_only)
+            .open(backing)?;
+        let ctl = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/loop-control")
+            .map_err(|e| io::Error::new(e.kind(), format!("/dev/loop-control: {e}")))?;
+        let mut info = zero_info();
+        info.lo_offset = offset;
+        info.lo_sizelimit = size;
+        info.lo_flags = LO_FLAGS_AUTOCLEAR | if read_only { LO_FLAGS_READ_ONLY } else { 0 };
+        let tag = format!("{TAG}{}", std::process::id());
+        info.lo_file_name[..tag.len()].copy_from_slice(tag.as_bytes());
+        for _ in 0..64 {
+            // SAFETY: ioctl on our descriptor without arguments.
+            let n = unsafe { libc::ioctl(ctl.as_raw_fd(), LOOP_CTL_GET_FREE) };
+            if n < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            let path = PathBuf::from(format!("/dev/loop{n}"));
+            let dev = match OpenOptions::new().read(true).write(!read_only).open(&path) {
+                Ok(f) => f,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                    continue;
+                }
+                Err(e) => return Err(io::Error::new(e.kind(), format!("{}: {e}", path.display()))),
+            };
+            let cfg = LoopConfig {
+                fd: bf.as_raw_fd() as u32,
+                block_size: 0,
+                info,
+                reserved: [0; 8],
+            };
+            // SAFETY: cfg is a valid loop_config for the call's duration.
+            let r =
+                unsafe { libc::ioctl(dev.as_raw_fd(), LOOP_CONFIGURE, &cfg as *const LoopConfig) };
+            if r == 0 {
+                return Ok(Self {
+                    path,
+                    file: dev,
+                    offset,
+                    size,
+                });
+            }
+            let e = io::Error::last_os_error();
+            match e.raw_os_error() {
+                // Someone took it between GET_FREE and CONFIGURE: next one.
+                Some(libc::EBUSY) => continue,
+                // Kernels before 5.8: SET_FD + SET_STATUS64.
+                Some(libc::EINVAL) | Some(libc::ENOTTY) => {
+                    // SAFETY: plain ioctls with a descriptor / struct pointer.
+                    if unsafe { libc::ioctl(dev.as_raw_fd(), LOOP_SET_FD, bf.as_raw_fd()) } != 0 {
+                        let e = io::Error::last_os_error();
+                        if e.raw_os_error() == Some(libc::EBUSY) {
+                            continue;
+                        }
+                        return Err(e);
+                    }
+                    if unsafe {
+                        libc::ioctl(
+                            dev.as_raw_fd(),
+                            LOOP_SET_STATUS64,
+                            &info as *const LoopInfo64,
+                        )
+                    } != 0
+                    {
+                        let e = io::Error::last_os_error();
+                        unsafe { libc::ioctl(dev.as_raw_fd(), LOOP_CLR_FD, 0) };
+                        return Err(e);
+                    }
+                    return Ok(Self {
+                        path,
+                        file: dev,
+                        offset,
+                        size,
+                    });
+                }
+                _ => return Err(e),
+            }
+        }
+        Err(io::Error::other("no free loop device"))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Device number (major, minor).
+    pub fn rdev(&self) -> io::Result<u64> {
+        use std::os::unix::fs::MetadataExt;
+        Ok(self.file.metadata()?.rdev())
+    }
+}
+
+impl Drop for LoopDevice {
+    fn drop(&mut self) {
+        // With autoclear set this is a formality while a mount holds the
+        // device; it detaches at once when nothing does.
+        // SAFETY: ioctl on our own descriptor.
+        unsafe { libc::ioctl(self.file.as_raw_fd(), LOOP_CLR_FD, 0) };
+    }
+}
+
+/// A loop device found on the system.
+#[derive(Debug, Clone)]
+pub struct TaggedLoop {
+    pub path: PathBuf,
+    pub pid: u32,
+}
+
+/// Loop devices tagged by vmfinal (any process).
+pub fn tagged() -> Vec<TaggedLoop> {
+    let mut out = Vec::new();
+    let Ok(rd) = std::fs::read_dir("/sys/block") else {
+        return out;
+    };
+    for e in rd.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if !name.starts_with("loop") {
+            continue;
+        }
+        // Only attached devices have a backing file.
+        if !e.path().join("loop/backing_file").exists() {
+            continue;
+        }
+        let path = PathBuf::from(format!("/dev/{name}"));
+        let Ok(f) = File::open(&path) else { continue };
+        let mut info = zero_info();
+        // SAFETY: info is a valid out-buffer.
+        if unsafe {
+            libc::ioctl(
+                f.as_raw_fd(),
+                LOOP_GET_STATUS64,
+                &mut info as *mut LoopInfo64,
+            )
+        } != 0
+        {
+            continue;
+        }
+        let nul = info
+            .lo_file_name
+            .iter()
+            .position(|&c| c == 0)
+            .unwrap_or(LO_NAME_SIZE);
+        let s = String::from_utf8_lossy(&info.lo_file_name[..nul]).into_owned();
+        if let Some(pid) = s.strip_prefix(TAG).and_then(|p| p.parse().ok()) {
+            out.push(TaggedLoop { path, pid });
+        }
+    }
+    out
+}
+
+/// Detaches a loop device by path (for stale ones).
+pub fn detach(path: &Path) -> io::Result<()> {
+    let f = File::open(path)?;
+    // SAFETY: ioctl on our descriptor.
+    if unsafe { libc::ioctl(f.as_raw_fd(), LOOP_CLR_FD, 0) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}

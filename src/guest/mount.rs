@@ -1,0 +1,145 @@
+//! Mounts held by guards, in a private mount namespace. `clean` and
+//! `finalize` move into a namespace of their own before they start any
+//! thread: the guest's mounts are never visible to the host, and if vmfinal
+//! dies (even by SIGKILL) the kernel tears them down with the namespace;
+//! autoclear loop devices then detach themselves.
+
+use std::ffi::CString;
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+fn cstr(p: &[u8]) -> io::Result<CString> {
+    CString::new(p).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in path"))
+}
+
+fn threads() -> usize {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Threads:").map(|v| v.trim().parse().ok()))
+                .flatten()
+        })
+        .unwrap_or(1)
+}
+
+/// Enters a private mount namespace (mounts made from now on stay inside it).
+/// Must run before any thread starts: only the calling thread would move.
+pub fn enter_private_namespace() -> anyhow::Result<()> {
+    if threads() != 1 {
+        anyhow::bail!("internal: private mount namespace requested after threads started");
+    }
+    // SAFETY: plain syscalls.
+    if unsafe { libc::unshare(libc::CLONE_NEWNS) } != 0 {
+        let e = io::Error::last_os_error();
+        anyhow::bail!("cannot create a private mount namespace (needs root / CAP_SYS_ADMIN): {e}");
+    }
+    let root = cstr(b"/")?;
+    let none = cstr(b"none")?;
+    // SAFETY: valid C strings; no data argument.
+    let r = unsafe {
+        libc::mount(
+            none.as_ptr(),
+            root.as_ptr(),
+            std::ptr::null(),
+            libc::MS_REC | libc::MS_PRIVATE,
+            std::ptr::null(),
+        )
+    };
+    if r != 0 {
+        anyhow::bail!("cannot make mounts private: {}", io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// A mount; dropping it unmounts it.
+pub struct Mount {
+    target: PathBuf,
+    active: bool,
+}
+
+impl Mount {
+    /// `mount(source, target, fstype, flags, data)`. `target` may be a
+    /// `/proc/self/fd/N` path of an opened directory (see `GuestRoot`).
+    pub fn new(
+        source: &Path,
+        target: &Path,
+        fstype: &str,
+        flags: libc::c_ulong,
+        data: &str,
+        shown_as: &Path,
+    ) -> io::Result<Self> {
+        let s = cstr(source.as_os_str().as_bytes())?;
+        let t = cstr(target.as_os_str().as_bytes())?;
+        let f = cstr(fstype.as_bytes())?;
+        let d = cstr(data.as_bytes())?;
+        // SAFETY: valid C strings for the call.
+        let r = unsafe {
+            libc::mount(
+                s.as_ptr(),
+                t.as_ptr(),
+                f.as_ptr(),
+                flags,
+                if data.is_empty() {
+                    std::ptr::null()
+                } else {
+                    d.as_ptr().cast()
+                },
+            )
+        };
+        if r != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(Self {
+            target: shown_as.to_path_buf(),
+            active: true,
+        })
+    }
+
+    pub fn target(&self) -> &Path {
+        &self.target
+    }
+
+    /// Unmounts now; a busy filesystem is retried, then detached lazily.
+    pub fn unmount(&mut self) -> io::Result<()> {
+        if !self.active {
+            return Ok(());
+        }
+        let t = cstr(self.target.as_os_str().as_bytes())?;
+        let mut last = None;
+        for _ in 0..20 {
+            // SAFETY: valid C string.
+            if unsafe { libc::umount2(t.as_ptr(), libc::UMOUNT_NOFOLLOW) } == 0 {
+                self.active = false;
+                return Ok(());
+            }
+            let e = io::Error::last_os_error();
+            if e.raw_os_error() != Some(libc::EBUSY) {
+                self.active = false;
+                return Err(e);
+            }
+            last = Some(e);
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        // SAFETY: as above.
+        unsafe { libc::umount2(t.as_ptr(), libc::MNT_DETACH | libc::UMOUNT_NOFOLLOW) };
+        self.active = false;
+        Err(last.unwrap_or_else(|| io::Error::other("busy")))
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = self.unmount();
+    }
+}
+
+/// `syncfs` on a mounted directory.
+pub fn syncfs(dir: &Path) {
+    if let Ok(f) = std::fs::File::open(dir) {
+        use std::os::fd::AsRawFd;
+        // SAFETY: valid descriptor.
+        unsafe { libc::syncfs(f.as_raw_fd()) };
+    }
+}

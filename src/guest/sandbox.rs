@@ -1,0 +1,261 @@
+//! Commands run inside the guest: chrooted, in fresh mount, PID and network
+//! namespaces (util-linux `unshare`), with a fresh /proc, a read-only /sys,
+//! a private /dev holding only the basic nodes and the guest's own loop
+//! devices (and /dev/disk/by-uuid links to them, so that update-grub writes
+//! `root=UUID=`), and tmpfs /run and /tmp so nothing they leave there lands
+//! in the image. The setup inside the namespaces is vmfinal's hidden
+//! `__sandbox` command, which resolves every mount point inside the guest
+//! root (no guest symlink can redirect a mount to a host path).
+
+use std::ffi::CString;
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use super::root::openat2;
+use crate::profile::plan::Sandbox;
+
+/// The environment commands get.
+const ENV: &[(&str, &str)] = &[
+    (
+        "PATH",
+        "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+    ),
+    ("HOME", "/root"),
+    ("LANG", "C.UTF-8"),
+    ("TERM", "dumb"),
+    ("DEBIAN_FRONTEND", "noninteractive"),
+    ("DEBCONF_NONINTERACTIVE_SEEN", "true"),
+];
+
+pub struct GuestSandbox {
+    pub root: PathBuf,
+    /// (loop device, rdev, filesystem UUID)
+    pub devices: Vec<(PathBuf, u64, String)>,
+}
+
+impl Sandbox for GuestSandbox {
+    fn run(&self, argv: &[&str]) -> io::Result<(bool, String)> {
+        let exe = std::env::current_exe()?;
+        let mut c = Command::new("unshare");
+        c.args([
+            "--mount",
+            "--pid",
+            "--net",
+            "--fork",
+            "--kill-child",
+            "--propagation",
+            "private",
+        ])
+        .arg(exe)
+        .arg("__sandbox")
+        .arg(&self.root);
+        for (dev, rdev, uuid) in &self.devices {
+            c.arg("--dev").arg(format!(
+                "{}:{}:{}:{}",
+                dev.file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default(),
+                libc::major(*rdev),
+                libc::minor(*rdev),
+                uuid
+            ));
+        }
+        c.arg("--").args(argv);
+        c.env_clear().envs(ENV.iter().copied());
+        c.stdin(Stdio::null());
+        let out = c
+            .output()
+            .map_err(|e| io::Error::new(e.kind(), format!("unshare: {e}")))?;
+        let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+        text.push_str(&String::from_utf8_lossy(&out.stderr));
+        Ok((out.status.success(), text))
+    }
+}
+
+#[derive(Debug, clap::Args)]
+pub struct SandboxArgs {
+    pub root: PathBuf,
+    /// NAME:MAJOR:MINOR:UUID of a block device to offer
+    #[arg(long = "dev")]
+    pub devs: Vec<String>,
+    #[arg(last = true, required = true)]
+    pub argv: Vec<String>,
+}
+
+fn c(s: &[u8]) -> io::Result<CString> {
+    CString::new(s).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL"))
+}
+
+fn check(r: libc::c_int, what: &str) -> io::Result<()> {
+    if r != 0 {
+        let e = io::Error::last_os_error();
+        return Err(io::Error::new(e.kind(), format!("{what}: {e}")));
+    }
+    Ok(())
+}
+
+/// A directory inside the guest, with no symlink on the way.
+fn guest_dir(root: &OwnedFd, rel: &str) -> io::Result<OwnedFd> {
+    openat2(
+        root.as_raw_fd(),
+        rel.as_bytes(),
+        libc::O_PATH | libc::O_DIRECTORY,
+        libc::RESOLVE_IN_ROOT | libc::RESOLVE_NO_SYMLINKS | libc::RESOLVE_NO_MAGICLINKS,
+    )
+}
+
+fn mount_on(
+    fd: &OwnedFd,
+    src: &str,
+    fstype: &str,
+    flags: libc::c_ulong,
+    data: &str,
+) -> io::Result<()> {
+    let target = format!("/proc/self/fd/{}", fd.as_raw_fd());
+    let (s, t, f, d) = (
+        c(src.as_bytes())?,
+        c(target.as_bytes())?,
+        c(fstype.as_bytes())?,
+        c(data.as_bytes())?,
+    );
+    // SAFETY: valid C strings.
+    check(
+        unsafe {
+            libc::mount(
+                s.as_ptr(),
+                t.as_ptr(),
+                f.as_ptr(),
+                flags,
+                if data.is_empty() {
+                    std::ptr::null()
+                } else {
+                    d.as_ptr().cast()
+                },
+            )
+        },
+        &format!("mount {fstype} on {src}"),
+    )
+}
+
+/// Inside the namespaces (PID 1 of the new PID namespace): set up the
+/// guest's /proc, /sys, /dev, /run, /tmp, chroot, and exec the command.
+pub fn init(a: &SandboxArgs) -> anyhow::Result<i32> {
+    let root = openat2(
+        libc::AT_FDCWD,
+        a.root.as_os_str().as_bytes(),
+        libc::O_PATH | libc::O_DIRECTORY,
+        0,
+    )?;
+    let ms = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
+    if let Ok(d) = guest_dir(&root, "proc") {
+        mount_on(&d, "proc", "proc", ms, "")?;
+    }
+    if let Ok(d) = guest_dir(&root, "sys") {
+        let _ = mount_on(&d, "sysfs", "sysfs", ms | libc::MS_RDONLY, "");
+    }
+    for (dir, mode) in [("run", "0755"), ("tmp", "1777")] {
+        if let Ok(d) = guest_dir(&root, dir) {
+            mount_on(
+                &d,
+                "tmpfs",
+                "tmpfs",
+                libc::MS_NOSUID | libc::MS_NODEV,
+                &format!("mode={mode},size=256m"),
+            )?;
+        }
+    }
+    if let Ok(d) = guest_dir(&root, "dev") {
+        mount_on(
+            &d,
+            "tmpfs",
+            "tmpfs",
+            libc::MS_NOSUID | libc::MS_NOEXEC,
+            "mode=0755,size=1m",
+        )?;
+        let dev = guest_dir(&root, "dev")?;
+        let devfd = openat2(
+            dev.as_raw_fd(),
+            b".",
+            libc::O_RDONLY | libc::O_DIRECTORY,
+            libc::RESOLVE_BENEATH,
+        )?;
+        let fd = devfd.as_raw_fd();
+        let mk = |name: &str, kind: libc::mode_t, major: u32, minor: u32| -> io::Result<()> {
+            let n = c(name.as_bytes())?;
+            // SAFETY: valid descriptor and string.
+            check(
+                unsafe { libc::mknodat(fd, n.as_ptr(), kind | 0o666, libc::makedev(major, minor)) },
+                name,
+            )
+        };
+        for (n, mi) in [
+            ("null", 3),
+            ("zero", 5),
+            ("full", 7),
+            ("random", 8),
+            ("urandom", 9),
+        ] {
+            mk(n, libc::S_IFCHR, 1, mi)?;
+        }
+        mk("tty", libc::S_IFCHR, 5, 0)?;
+        let link = |target: &str, name: &str| -> io::Result<()> {
+            let (t, n) = (c(target.as_bytes())?, c(name.as_bytes())?);
+            // SAFETY: valid descriptor and strings.
+            check(unsafe { libc::symlinkat(t.as_ptr(), fd, n.as_ptr()) }, name)
+        };
+        link("/proc/self/fd", "fd")?;
+        link("/proc/self/fd/0", "stdin")?;
+        link("/proc/self/fd/1", "stdout")?;
+        link("/proc/self/fd/2", "stderr")?;
+        let mkdir = |name: &str| -> io::Result<()> {
+            let n = c(name.as_bytes())?;
+            // SAFETY: valid descriptor and string.
+            check(unsafe { libc::mkdirat(fd, n.as_ptr(), 0o755) }, name)
+        };
+        mkdir("pts")?;
+        mkdir("shm")?;
+        if !a.devs.is_empty() {
+            mkdir("disk")?;
+            mkdir("disk/by-uuid")?;
+        }
+        for d in &a.devs {
+            let f: Vec<&str> = d.splitn(4, ':').collect();
+            if f.len() != 4 || f[0].contains('/') {
+                anyhow::bail!("bad --dev {d}");
+            }
+            let (major, minor) = (f[1].parse()?, f[2].parse()?);
+            let n = c(f[0].as_bytes())?;
+            // SAFETY: valid descriptor and string.
+            check(
+                unsafe {
+                    libc::mknodat(
+                        fd,
+                        n.as_ptr(),
+                        libc::S_IFBLK | 0o660,
+                        libc::makedev(major, minor),
+                    )
+                },
+                f[0],
+            )?;
+            if !f[3].is_empty() && !f[3].contains('/') {
+                let _ = link(
+                    &format!("../../{}", f[0]),
+                    &format!("disk/by-uuid/{}", f[3]),
+                );
+            }
+        }
+    }
+    // SAFETY: plain syscalls on our descriptor.
+    check(unsafe { libc::fchdir(root.as_raw_fd()) }, "fchdir")?;
+    let dot = c(b".")?;
+    check(unsafe { libc::chroot(dot.as_ptr()) }, "chroot")?;
+    std::env::set_current_dir(Path::new("/"))?;
+    let err = {
+        use std::os::unix::process::CommandExt;
+        Command::new(&a.argv[0]).args(&a.argv[1..]).exec()
+    };
+    anyhow::bail!("cannot run {} in the guest: {err}", a.argv[0])
+}

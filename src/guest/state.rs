@@ -1,0 +1,151 @@
+//! What a running `clean`/`finalize` holds, written to
+//! `/run/vmfinal/PID.json` so that a later run (or `vmfinal cleanup`) can
+//! undo it after a SIGKILL: workspace files, temporary outputs, the mount
+//! directory, and the loop devices tagged `vmfinal:PID`. (Mounts themselves
+//! live in the run's private mount namespace and die with it.)
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::loopdev;
+
+pub const STATE_DIR: &str = "/run/vmfinal";
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct StateData {
+    pid: u32,
+    files: Vec<PathBuf>,
+    dirs: Vec<PathBuf>,
+}
+
+/// This run's state file; dropping it removes the file.
+pub struct State {
+    path: PathBuf,
+    data: StateData,
+}
+
+impl State {
+    pub fn create() -> anyhow::Result<Self> {
+        std::fs::create_dir_all(STATE_DIR)
+            .map_err(|e| anyhow::anyhow!("cannot create {STATE_DIR}: {e}"))?;
+        let pid = std::process::id();
+        let s = Self {
+            path: Path::new(STATE_DIR).join(format!("{pid}.json")),
+            data: StateData {
+                pid,
+                ..Default::default()
+            },
+        };
+        s.save()?;
+        Ok(s)
+    }
+
+    fn save(&self) -> anyhow::Result<()> {
+        let tmp = self.path.with_extension("json.new");
+        std::fs::write(&tmp, serde_json::to_vec(&self.data)?)?;
+        std::fs::rename(&tmp, &self.path)?;
+        Ok(())
+    }
+
+    /// A file this run creates and removes (workspace, temporary output).
+    pub fn add_file(&mut self, p: &Path) -> anyhow::Result<()> {
+        self.data.files.push(absolute(p));
+        self.save()
+    }
+
+    /// A directory this run creates and removes (the mount directory).
+    pub fn add_dir(&mut self, p: &Path) -> anyhow::Result<()> {
+        self.data.dirs.push(absolute(p));
+        self.save()
+    }
+}
+
+impl Drop for State {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+fn absolute(p: &Path) -> PathBuf {
+    std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf())
+}
+
+/// Is `pid` a live vmfinal process?
+fn alive(pid: u32) -> bool {
+    if pid == std::process::id() {
+        return true;
+    }
+    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .map(|c| c.trim() == "vmfinal")
+        .unwrap_or(false)
+}
+
+/// Undoes what dead vmfinal runs left: detaches their tagged loop devices,
+/// removes their workspace and temporary files and empty mount directories.
+/// Returns one line per thing removed.
+pub fn sweep_stale() -> Vec<String> {
+    let mut done = Vec::new();
+    for l in loopdev::tagged() {
+        if !alive(l.pid) {
+            match loopdev::detach(&l.path) {
+                Ok(()) => done.push(format!(
+                    "detached {} (left by vmfinal pid {})",
+                    l.path.display(),
+                    l.pid
+                )),
+                Err(e) => done.push(format!(
+                    "could not detach {} (left by pid {}): {e}",
+                    l.path.display(),
+                    l.pid
+                )),
+            }
+        }
+    }
+    let Ok(rd) = std::fs::read_dir(STATE_DIR) else {
+        return done;
+    };
+    for e in rd.flatten() {
+        let p = e.path();
+        let Some(pid) = p
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .and_then(|s| s.split('.').next())
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if alive(pid) {
+            continue;
+        }
+        if p.extension().is_some_and(|x| x == "json") {
+            if let Ok(b) = std::fs::read(&p) {
+                if let Ok(d) = serde_json::from_slice::<StateData>(&b) {
+                    for f in d.files {
+                        // Only names vmfinal makes.
+                        let ours = f
+                            .file_name()
+                            .is_some_and(|n| n.to_string_lossy().contains(".vmfinal-"));
+                        if ours && std::fs::remove_file(&f).is_ok() {
+                            done.push(format!(
+                                "removed {} (left by vmfinal pid {pid})",
+                                f.display()
+                            ));
+                        }
+                    }
+                    for d in d.dirs.iter().rev() {
+                        // rmdir only: never a recursive delete.
+                        if std::fs::remove_dir(d).is_ok() {
+                            done.push(format!(
+                                "removed directory {} (left by vmfinal pid {pid})",
+                                d.display()
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+        let _ = std::fs::remove_file(&p);
+    }
+    done
+}

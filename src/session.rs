@@ -1,0 +1,333 @@
+//! The guest half of `clean` and `finalize`: mount the guest of a raw
+//! disk, plan the selected profiles, run them (or only report them for a
+//! dry run), reclaim free space, unmount. Everything privileged is held by
+//! guards, so an error, a panic or Ctrl-C undoes it.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use serde::Serialize;
+
+use crate::guest::sandbox::GuestSandbox;
+use crate::guest::{self, Guest, Mounted, PartInfo, state::State};
+use crate::pipeline::PipelineError;
+use crate::profile::plan::{self, Ctx, ProfilePlan};
+use crate::profile::{Profile, Registry};
+use crate::reclaim::{self, ReclaimMode, ReclaimResult};
+use crate::report::human_bytes;
+
+/// Options for the guest stage, shared by `clean` and `finalize`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct GuestArgs {
+    /// Profiles to run: defaults, all, none, NAME, +NAME, -NAME (comma-separated, left to right)
+    #[arg(long, default_value = "defaults", value_name = "LIST")]
+    pub profiles: String,
+    /// Also run this profile file (repeatable)
+    #[arg(long = "profile-file", value_name = "FILE")]
+    pub profile_files: Vec<PathBuf>,
+    /// Add the profiles in this directory (*.yaml), selectable by name (repeatable)
+    #[arg(long = "profile-dir", value_name = "DIR")]
+    pub profile_dirs: Vec<PathBuf>,
+    /// Set a profile variable, e.g. kernels.keep=2 or locales.keep=C,en* (repeatable)
+    #[arg(long = "set", value_name = "PROFILE.VAR=VALUE")]
+    pub sets: Vec<String>,
+    /// List what would be removed and how many bytes it frees; change nothing
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Allow profiles' `run` steps (commands chrooted in the guest)
+    #[arg(long)]
+    pub allow_run: bool,
+    /// Free-space reclaim after cleaning
+    #[arg(long, value_enum, default_value = "auto")]
+    pub reclaim: ReclaimMode,
+}
+
+impl GuestArgs {
+    /// Loads and selects the profiles (errors before any work starts).
+    pub fn selected(&self) -> anyhow::Result<Vec<Profile>> {
+        let mut r = Registry::builtin();
+        for d in &self.profile_dirs {
+            r.add_dir(d)?;
+        }
+        for f in &self.profile_files {
+            r.add_file(f)?;
+        }
+        for s in &self.sets {
+            r.set_var(s)?;
+        }
+        for n in &r.notes {
+            eprintln!("vmfinal: note: {n}");
+        }
+        r.select(&self.profiles)
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct FsUsage {
+    pub mountpoint: String,
+    pub used_before: u64,
+    pub used_after: u64,
+}
+
+/// What the guest stage did (or would do).
+#[derive(Debug, Clone, Serialize)]
+pub struct GuestReport {
+    pub dry_run: bool,
+    pub partitions: Vec<PartInfo>,
+    pub mounts: Vec<Mounted>,
+    pub profiles: Vec<ProfilePlan>,
+    /// Sum of the profiles' planned bytes.
+    pub freed_bytes: u64,
+    /// Drop in used space over the guest's filesystems (statvfs), real runs.
+    pub measured_freed_bytes: Option<u64>,
+    pub filesystems: Vec<FsUsage>,
+    pub reclaim: Vec<ReclaimResult>,
+    pub warnings: Vec<String>,
+    /// Seconds per stage.
+    pub stages: BTreeMap<String, f64>,
+}
+
+fn used_bytes(dir: &Path) -> u64 {
+    let Ok(c) = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()) else {
+        return 0;
+    };
+    // SAFETY: zeroed statvfs is valid; pointers live through the call.
+    let mut s: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(c.as_ptr(), &mut s) } != 0 {
+        return 0;
+    }
+    (s.f_blocks - s.f_bfree) * s.f_frsize
+}
+
+/// Requires root, enters a private mount namespace, and sweeps what dead
+/// runs left. Call first thing, before any thread starts.
+pub fn prepare_privileged(command: &str) -> anyhow::Result<State> {
+    // SAFETY: no arguments.
+    if unsafe { libc::geteuid() } != 0 {
+        anyhow::bail!(
+            "{command} needs root (it attaches loop devices and mounts the guest); `vmfinal compact` does not"
+        );
+    }
+    guest::mount::enter_private_namespace()?;
+    for line in guest::state::sweep_stale() {
+        eprintln!("vmfinal: cleanup: {line}");
+    }
+    State::create()
+}
+
+fn interrupted() -> anyhow::Result<()> {
+    if crate::interrupt::requested() {
+        return Err(PipelineError::Interrupted.into());
+    }
+    Ok(())
+}
+
+/// A private, empty mount directory; removed on drop.
+struct MountDir(PathBuf);
+impl Drop for MountDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
+/// Mounts the guest on the raw disk `image`, runs `profiles` (or plans them
+/// for a dry run), reclaims, and unmounts.
+pub fn run_guest(
+    image: &Path,
+    profiles: &[Profile],
+    args: &GuestArgs,
+    state: &mut State,
+) -> anyhow::Result<GuestReport> {
+    let mut stages = BTreeMap::new();
+    let t = Instant::now();
+    let dir = PathBuf::from(guest::state::STATE_DIR).join(format!("{}.root", std::process::id()));
+    std::fs::create_dir(&dir)
+        .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", dir.display()))?;
+    state.add_dir(&dir)?;
+    let _dir_guard = MountDir(dir.clone());
+    let mut g = Guest::mount(image, &dir, args.dry_run)?;
+    stages.insert("mount".to_string(), t.elapsed().as_secs_f64());
+    interrupted()?;
+
+    let sandbox = GuestSandbox {
+        root: dir.clone(),
+        devices: g.devices(),
+    };
+    let ctx = Ctx {
+        root: &g.root,
+        allow_run: args.allow_run,
+        sandbox: Some(&sandbox),
+    };
+    let t = Instant::now();
+    let mut plans = plan::plan_all(&ctx, profiles).map_err(|e| anyhow::anyhow!(e))?;
+    stages.insert("plan".to_string(), t.elapsed().as_secs_f64());
+    let freed_bytes = plans.iter().map(|p| p.freed_bytes).sum();
+    let mut report = GuestReport {
+        dry_run: args.dry_run,
+        partitions: g.parts.clone(),
+        mounts: g.mounted.clone(),
+        profiles: Vec::new(),
+        freed_bytes,
+        measured_freed_bytes: None,
+        filesystems: Vec::new(),
+        reclaim: Vec::new(),
+        warnings: g.warnings.clone(),
+        stages,
+    };
+    if args.dry_run {
+        report.profiles = plans;
+        return Ok(report);
+    }
+
+    let before: Vec<(String, u64)> = g
+        .mounted
+        .iter()
+        .map(|m| {
+            (
+                m.mountpoint.clone(),
+                used_bytes(&g.host_path(&m.mountpoint)),
+            )
+        })
+        .collect();
+    let t = Instant::now();
+    for p in plans.iter_mut() {
+        if !p.applicable {
+            continue;
+        }
+        interrupted()?;
+        plan::execute(&ctx, p)?;
+    }
+    for m in &g.mounted {
+        guest::mount::syncfs(&g.host_path(&m.mountpoint));
+    }
+    report
+        .stages
+        .insert("clean".to_string(), t.elapsed().as_secs_f64());
+    let mut measured = 0u64;
+    for (mp, b) in before {
+        let a = used_bytes(&g.host_path(&mp));
+        measured += b.saturating_sub(a);
+        report.filesystems.push(FsUsage {
+            mountpoint: mp,
+            used_before: b,
+            used_after: a,
+        });
+    }
+    report.measured_freed_bytes = Some(measured);
+    report.profiles = plans;
+    interrupted()?;
+
+    let t = Instant::now();
+    if args.reclaim != ReclaimMode::None {
+        for m in &g.mounted {
+            interrupted()?;
+            let r = reclaim::reclaim_fs(&g.host_path(&m.mountpoint), &m.mountpoint, args.reclaim);
+            report.reclaim.push(r);
+        }
+        let img = std::fs::OpenOptions::new().write(true).open(image)?;
+        for p in &g.parts {
+            if p.fs.as_ref().is_some_and(|f| f.kind == "swap") {
+                let n = reclaim::clear_swap(&img, p.start, p.size)?;
+                report.reclaim.push(ReclaimResult {
+                    target: format!("swap (partition {})", p.index),
+                    method: "cleared".into(),
+                    bytes: n,
+                    note: None,
+                });
+            }
+        }
+    }
+    report
+        .stages
+        .insert("reclaim".to_string(), t.elapsed().as_secs_f64());
+    let t = Instant::now();
+    let errs = g.unmount();
+    report.warnings.extend(errs);
+    drop(g);
+    report
+        .stages
+        .insert("unmount".to_string(), t.elapsed().as_secs_f64());
+    Ok(report)
+}
+
+/// The human report (stderr).
+pub fn print_human(r: &GuestReport, list_paths: bool) {
+    for w in &r.warnings {
+        eprintln!("vmfinal: warning: {w}");
+    }
+    let mounts: Vec<String> = r
+        .mounts
+        .iter()
+        .map(|m| {
+            format!(
+                "{} ({} on partition {})",
+                m.mountpoint, m.fstype, m.partition
+            )
+        })
+        .collect();
+    eprintln!("guest: {}", mounts.join(", "));
+    if r.dry_run {
+        eprintln!("dry run: nothing was changed");
+    }
+    eprintln!("{:<16} {:>8} {:>12}  notes", "profile", "paths", "frees");
+    for p in &r.profiles {
+        let n = p.paths().count();
+        let mut notes: Vec<String> = Vec::new();
+        if let Some(x) = &p.reason {
+            notes.push(x.clone());
+        }
+        for s in &p.steps {
+            if !s.remove_packages.is_empty() {
+                notes.push(format!("remove {}", s.remove_packages.join(" ")));
+            }
+            if let Some(x) = &s.note {
+                notes.push(x.clone());
+            }
+        }
+        if !p.failures.is_empty() {
+            notes.push(format!("{} failed", p.failures.len()));
+        }
+        eprintln!(
+            "{:<16} {:>8} {:>12}  {}",
+            p.name,
+            n,
+            human_bytes(p.freed_bytes),
+            notes.join("; ")
+        );
+        if list_paths {
+            for a in p.paths() {
+                let op = serde_json::to_value(a.op)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_string))
+                    .unwrap_or_default();
+                eprintln!("    {op:<9} {:>10}  {}", human_bytes(a.bytes), a.path);
+            }
+        }
+        for f in &p.failures {
+            eprintln!("    failed: {f}");
+        }
+    }
+    let measured = r
+        .measured_freed_bytes
+        .map(|m| format!(" (filesystems report {} less used)", human_bytes(m)))
+        .unwrap_or_default();
+    eprintln!(
+        "{:<16} {:>8} {:>12}{measured}",
+        "total",
+        r.profiles.iter().map(|p| p.paths().count()).sum::<usize>(),
+        human_bytes(r.freed_bytes)
+    );
+    for x in &r.reclaim {
+        eprintln!(
+            "reclaim {}: {} {}{}",
+            x.target,
+            x.method,
+            human_bytes(x.bytes),
+            x.note
+                .as_ref()
+                .map(|n| format!(" ({n})"))
+                .unwrap_or_default()
+        );
+    }
+}
