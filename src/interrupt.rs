@@ -23,3 +23,23 @@ pub fn install() -> std::io::Result<()> {
 pub fn requested() -> bool {
     FLAG.get().is_some_and(|f| f.load(Ordering::Relaxed))
 }
+
+/// Test hook: when `VMFINAL_TEST_PAUSE` names `stage`, prints
+/// `vmfinal: paused at STAGE` and waits (up to 120 s) for a signal, so the
+/// interruption tests can hit every stage deterministically. Returns
+/// `Interrupted` once a signal arrived (or at once if one already had).
+pub fn checkpoint(stage: &str) -> Result<(), crate::pipeline::PipelineError> {
+    if requested() {
+        return Err(crate::pipeline::PipelineError::Interrupted);
+    }
+    if std::env::var("VMFINAL_TEST_PAUSE").is_ok_and(|s| s == stage) {
+        eprintln!("vmfinal: paused at {stage}");
+        for _ in 0..2400 {
+            if requested() {
+                return Err(crate::pipeline::PipelineError::Interrupted);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+    Ok(())
+}

@@ -123,6 +123,10 @@ fn interrupted() -> anyhow::Result<()> {
     Ok(())
 }
 
+fn checkpoint(stage: &str) -> anyhow::Result<()> {
+    crate::interrupt::checkpoint(stage).map_err(Into::into)
+}
+
 /// A private, empty mount directory; removed on drop.
 struct MountDir(PathBuf);
 impl Drop for MountDir {
@@ -148,7 +152,7 @@ pub fn run_guest(
     let _dir_guard = MountDir(dir.clone());
     let mut g = Guest::mount(image, &dir, args.dry_run)?;
     stages.insert("mount".to_string(), t.elapsed().as_secs_f64());
-    interrupted()?;
+    checkpoint("mount")?;
 
     let sandbox = GuestSandbox {
         root: dir.clone(),
@@ -216,7 +220,7 @@ pub fn run_guest(
     }
     report.measured_freed_bytes = Some(measured);
     report.profiles = plans;
-    interrupted()?;
+    checkpoint("clean")?;
 
     let t = Instant::now();
     if args.reclaim != ReclaimMode::None {
@@ -241,6 +245,7 @@ pub fn run_guest(
     report
         .stages
         .insert("reclaim".to_string(), t.elapsed().as_secs_f64());
+    checkpoint("reclaim")?;
     let t = Instant::now();
     let errs = g.unmount();
     report.warnings.extend(errs);

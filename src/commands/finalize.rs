@@ -134,6 +134,7 @@ pub fn run(a: &FinalizeArgs) -> anyhow::Result<super::ExitCode> {
         ws
     };
     stages.insert("workspace".to_string(), t.elapsed().as_secs_f64());
+    crate::interrupt::checkpoint("workspace")?;
 
     let guest = session::run_guest(&ws.path, &profiles, &a.guest, &mut state)?;
     for (k, v) in &guest.stages {
@@ -161,6 +162,7 @@ pub fn run(a: &FinalizeArgs) -> anyhow::Result<super::ExitCode> {
         .unwrap_or(0);
 
     // Compact.
+    crate::interrupt::checkpoint("compact")?;
     let t = Instant::now();
     req.input = ws.path.clone();
     req.input_format = Some(ImageFormat::Raw);
