@@ -149,6 +149,7 @@ pub fn run_guest(
     std::fs::create_dir(&dir)
         .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", dir.display()))?;
     state.add_dir(&dir)?;
+    state.add_dir(&dir.with_extension("dev"))?;
     let _dir_guard = MountDir(dir.clone());
     let mut g = Guest::mount(image, &dir, args.dry_run)?;
     stages.insert("mount".to_string(), t.elapsed().as_secs_f64());

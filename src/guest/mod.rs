@@ -154,6 +154,10 @@ pub struct Mounted {
 /// detaches its loop devices.
 pub struct Guest {
     mounts: Vec<Mount>,
+    /// A private tmpfs holding the block nodes the guest's filesystems are
+    /// mounted from (see `node_for`); unmounted last.
+    devdir: Option<Mount>,
+    devpath: PathBuf,
     loops: Vec<(u32, LoopDevice)>,
     pub root: GuestRoot,
     pub dir: PathBuf,
@@ -332,8 +336,21 @@ impl Guest {
     /// Attaches and mounts the guest on `image` (a raw disk) under `dir`.
     pub fn mount(image: &Path, dir: &Path, read_only: bool) -> anyhow::Result<Self> {
         let parts = partitions(image)?;
+        let devpath = dir.with_extension("dev");
+        std::fs::create_dir_all(&devpath)?;
+        let devmount = Mount::new(
+            Path::new("tmpfs"),
+            &devpath,
+            "tmpfs",
+            libc::MS_NOSUID | libc::MS_NOEXEC,
+            "mode=0700,size=64k",
+            &devpath,
+        )
+        .map_err(|e| anyhow::anyhow!("cannot mount a tmpfs on {}: {e}", devpath.display()))?;
         let mut g = Guest {
             mounts: Vec::new(),
+            devdir: Some(devmount),
+            devpath,
             loops: Vec::new(),
             root: GuestRoot::open(dir)?,
             dir: dir.to_path_buf(),
@@ -404,7 +421,8 @@ impl Guest {
         } else {
             format!("subvol={subvol}")
         };
-        let (m, w) = try_mount(lo.path(), dir, &rkind, read_only, &extra, dir).map_err(|e| {
+        let node = g.node_for(&lo, root_index)?;
+        let (m, w) = try_mount(&node, dir, &rkind, read_only, &extra, dir).map_err(|e| {
             anyhow::anyhow!("cannot mount the guest root ({rkind} on partition {root_index}): {e}")
         })?;
         g.warnings.extend(w);
@@ -486,8 +504,9 @@ impl Guest {
                 .unwrap_or("")
                 .to_string();
             let lo = LoopDevice::attach(image, p.start, p.size, read_only)?;
+            let node = g.node_for(&lo, p.index)?;
             match try_mount(
-                lo.path(),
+                &node,
                 &fd_path(&target),
                 &fs.kind,
                 read_only,
@@ -515,6 +534,25 @@ impl Guest {
         Ok(g)
     }
 
+    /// A block node for `lo` named `part{index}` in our private tmpfs, used
+    /// as the mount source. The guest's tools then see that name, not
+    /// `/dev/loopN`: grub-mkconfig's 10_linux skips every kernel when the
+    /// root is on a file-backed loop device.
+    fn node_for(&self, lo: &LoopDevice, index: u32) -> anyhow::Result<PathBuf> {
+        let path = self.devpath.join(format!("part{index}"));
+        let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())?;
+        let _ = std::fs::remove_file(&path);
+        // SAFETY: valid C string.
+        if unsafe { libc::mknod(c.as_ptr(), libc::S_IFBLK | 0o600, lo.rdev()?) } != 0 {
+            anyhow::bail!(
+                "cannot create {}: {}",
+                path.display(),
+                std::io::Error::last_os_error()
+            );
+        }
+        Ok(path)
+    }
+
     /// Host path of a guest mount point.
     pub fn host_path(&self, mountpoint: &str) -> PathBuf {
         self.dir.join(mountpoint.trim_start_matches('/'))
@@ -530,7 +568,11 @@ impl Guest {
                     .iter()
                     .find(|m| m.partition == *idx)
                     .map(|m| m.uuid.clone())?;
-                Some((lo.path().to_path_buf(), lo.rdev().ok()?, uuid))
+                Some((
+                    self.devpath.join(format!("part{idx}")),
+                    lo.rdev().ok()?,
+                    uuid,
+                ))
             })
             .collect()
     }
@@ -549,6 +591,10 @@ impl Guest {
             }
         }
         self.loops.clear();
+        if let Some(mut d) = self.devdir.take() {
+            let _ = d.unmount();
+            let _ = std::fs::remove_dir(&self.devpath);
+        }
         errs
     }
 }

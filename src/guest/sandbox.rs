@@ -55,9 +55,7 @@ impl Sandbox for GuestSandbox {
         for (dev, rdev, uuid) in &self.devices {
             c.arg("--dev").arg(format!(
                 "{}:{}:{}:{}",
-                dev.file_name()
-                    .map(|n| n.to_string_lossy().into_owned())
-                    .unwrap_or_default(),
+                dev.display(),
                 libc::major(*rdev),
                 libc::minor(*rdev),
                 uuid
@@ -221,30 +219,76 @@ pub fn init(a: &SandboxArgs) -> anyhow::Result<i32> {
             mkdir("disk")?;
             mkdir("disk/by-uuid")?;
         }
+        // The guest's block devices, at the same path as vmfinal mounted
+        // them from (/run/vmfinal/PID.dev/partN, inside the guest's fresh
+        // /run), with /dev/disk/by-uuid links to them.
+        let run = openat2(
+            root.as_raw_fd(),
+            b"run",
+            libc::O_RDONLY | libc::O_DIRECTORY,
+            libc::RESOLVE_IN_ROOT | libc::RESOLVE_NO_SYMLINKS,
+        )?;
+        let mut devno = 0u32;
         for d in &a.devs {
-            let f: Vec<&str> = d.splitn(4, ':').collect();
-            if f.len() != 4 || f[0].contains('/') {
+            let f: Vec<&str> = d.rsplitn(4, ':').collect();
+            if f.len() != 4 {
                 anyhow::bail!("bad --dev {d}");
             }
-            let (major, minor) = (f[1].parse()?, f[2].parse()?);
-            let n = c(f[0].as_bytes())?;
+            let (uuid, minor, major, path) = (f[0], f[2 - 1], f[2], f[3]);
+            let (major, minor): (u32, u32) = (major.parse()?, minor.parse()?);
+            let rel = path
+                .strip_prefix("/run/")
+                .filter(|r| r.split('/').all(|c| !c.is_empty() && c != "." && c != ".."))
+                .ok_or_else(|| anyhow::anyhow!("bad --dev path {path}"))?;
+            let comps: Vec<&str> = rel.split('/').collect();
+            let mut dir = openat2(
+                run.as_raw_fd(),
+                b".",
+                libc::O_RDONLY | libc::O_DIRECTORY,
+                libc::RESOLVE_BENEATH,
+            )?;
+            for c0 in &comps[..comps.len() - 1] {
+                let n = c(c0.as_bytes())?;
+                // SAFETY: valid descriptor and string.
+                unsafe { libc::mkdirat(dir.as_raw_fd(), n.as_ptr(), 0o755) };
+                dir = openat2(
+                    dir.as_raw_fd(),
+                    c0.as_bytes(),
+                    libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW,
+                    libc::RESOLVE_BENEATH | libc::RESOLVE_NO_SYMLINKS,
+                )?;
+            }
+            // The node itself lives in /dev under a name GRUB's hostdisk
+            // code accepts as a whole disk (no trailing digits); the path
+            // vmfinal mounted from is a symlink to it.
+            let last = comps[comps.len() - 1];
+            let letter = (b'a' + (devno as u8 % 26)) as char;
+            devno += 1;
+            let devname = format!("vmfinal-disk-{letter}");
+            let dn = c(devname.as_bytes())?;
             // SAFETY: valid descriptor and string.
             check(
                 unsafe {
                     libc::mknodat(
                         fd,
-                        n.as_ptr(),
+                        dn.as_ptr(),
                         libc::S_IFBLK | 0o660,
                         libc::makedev(major, minor),
                     )
                 },
-                f[0],
+                &devname,
             )?;
-            if !f[3].is_empty() && !f[3].contains('/') {
-                let _ = link(
-                    &format!("../../{}", f[0]),
-                    &format!("disk/by-uuid/{}", f[3]),
-                );
+            let (t, n) = (
+                c(format!("/dev/{devname}").as_bytes())?,
+                c(last.as_bytes())?,
+            );
+            // SAFETY: valid descriptor and strings.
+            check(
+                unsafe { libc::symlinkat(t.as_ptr(), dir.as_raw_fd(), n.as_ptr()) },
+                last,
+            )?;
+            if !uuid.is_empty() && !uuid.contains('/') {
+                let _ = link(&format!("../../{devname}"), &format!("disk/by-uuid/{uuid}"));
             }
         }
     }

@@ -34,6 +34,10 @@ pub struct KernelPlan {
     pub keep: Vec<String>,
     /// Files and directories that go (files first, then directories deepest first).
     pub paths: Vec<(PathBuf, Stat)>,
+    /// Of those, what is swept after the package manager ran if it is still
+    /// there: only the per-version trees (/lib/modules/KVER, /boot/*-KVER,
+    /// ...), never a packaged path another package might share.
+    pub sweep: Vec<PathBuf>,
     pub note: Option<String>,
 }
 
@@ -99,6 +103,29 @@ fn dpkg_list(root: &GuestRoot, pkg: &str) -> Vec<String> {
         }
     }
     Vec::new()
+}
+
+/// A kernel version string safe to put in a path.
+fn valid_kver(k: &str) -> bool {
+    !k.is_empty() && k != "." && k != ".." && !k.contains('/') && !k.contains('\0')
+}
+
+/// A packaged path as a removal candidate: its canonical path when it is a
+/// file or a symlink that does not lead to a directory (dpkg lists
+/// directories, and on merged-/usr guests `/lib` is a symlink to one).
+fn packaged_file(root: &GuestRoot, p: &str) -> Option<(PathBuf, Stat)> {
+    let (path, st) = canon(root, p)?;
+    if st.is_dir() {
+        return None;
+    }
+    if st.is_symlink() {
+        if let Ok(fd) = root.open_at(p.as_bytes(), libc::O_PATH) {
+            if root::lstat_at(fd.as_raw_fd(), b"").is_ok_and(|t| t.is_dir()) {
+                return None;
+            }
+        }
+    }
+    Some((path, st))
 }
 
 /// Canonical guest path of `p` (parent resolved inside the guest) and its lstat.
@@ -169,6 +196,7 @@ fn plan_dpkg(root: &GuestRoot, keep: u32) -> Result<KernelPlan, String> {
         if let Some(kver) = list
             .iter()
             .find_map(|l| l.strip_prefix("/boot/vmlinuz-"))
+            .filter(|k| valid_kver(k))
             .map(str::to_string)
         {
             kernels.push((p, kver, list));
@@ -182,6 +210,7 @@ fn plan_dpkg(root: &GuestRoot, keep: u32) -> Result<KernelPlan, String> {
         purge: Vec::new(),
         keep: Vec::new(),
         paths: Vec::new(),
+        sweep: Vec::new(),
         note: None,
     };
     if kernels.is_empty() {
@@ -235,7 +264,8 @@ fn plan_dpkg(root: &GuestRoot, keep: u32) -> Result<KernelPlan, String> {
         ));
     }
     let mut files = BTreeMap::new();
-    let mut dirs = BTreeMap::new();
+    let mut tfiles = BTreeMap::new();
+    let mut tdirs = BTreeMap::new();
     let mut kvers = BTreeSet::new();
     for (name, kver, list) in &candidates {
         if blocked_kvers.contains(kver) {
@@ -244,37 +274,45 @@ fn plan_dpkg(root: &GuestRoot, keep: u32) -> Result<KernelPlan, String> {
         plan.purge.push(name.clone());
         kvers.insert(kver.clone());
         for l in list {
-            if let Some((path, st)) = canon(root, l) {
-                if !st.is_dir() {
-                    files.insert(path, st);
-                }
+            if let Some((path, st)) = packaged_file(root, l) {
+                files.insert(path, st);
             }
         }
     }
     for kver in &kvers {
-        collect_tree(root, &format!("/lib/modules/{kver}"), &mut files, &mut dirs);
+        collect_tree(
+            root,
+            &format!("/lib/modules/{kver}"),
+            &mut tfiles,
+            &mut tdirs,
+        );
         collect_tree(
             root,
             &format!("/usr/src/linux-headers-{kver}"),
-            &mut files,
-            &mut dirs,
+            &mut tfiles,
+            &mut tdirs,
         );
         collect_tree(
             root,
             &format!("/var/lib/initramfs-tools/{kver}"),
-            &mut files,
-            &mut dirs,
+            &mut tfiles,
+            &mut tdirs,
         );
         if let Ok(fd) = root.open_dir(b"/boot") {
             for name in root::list_dir(fd.as_raw_fd()).unwrap_or_default() {
                 let n = name.to_string_lossy();
                 if n.ends_with(&format!("-{kver}")) {
-                    collect_tree(root, &format!("/boot/{n}"), &mut files, &mut dirs);
+                    collect_tree(root, &format!("/boot/{n}"), &mut tfiles, &mut tdirs);
                 }
             }
         }
     }
-    plan.paths = order(files, dirs);
+    plan.sweep = order(tfiles.clone(), tdirs.clone())
+        .into_iter()
+        .map(|(p, _)| p)
+        .collect();
+    files.extend(tfiles);
+    plan.paths = order(files, tdirs);
     Ok(plan)
 }
 
@@ -284,6 +322,7 @@ fn plan_rpm(ctx: &Ctx, keep: u32) -> Result<KernelPlan, String> {
         purge: Vec::new(),
         keep: Vec::new(),
         paths: Vec::new(),
+        sweep: Vec::new(),
         note: None,
     };
     if !ctx.root.exists("/usr/bin/rpm") && !ctx.root.exists("/bin/rpm") {
@@ -338,8 +377,12 @@ fn plan_rpm(ctx: &Ctx, keep: u32) -> Result<KernelPlan, String> {
     let (kept, old) = kernels.split_at((keep as usize).min(kernels.len()));
     plan.keep = kept.iter().flat_map(|k| k.2.clone()).collect();
     let mut files = BTreeMap::new();
-    let mut dirs = BTreeMap::new();
+    let mut tfiles = BTreeMap::new();
+    let mut tdirs = BTreeMap::new();
     for (kver, _, pkgs) in old {
+        if !valid_kver(kver) {
+            continue;
+        }
         // Companion packages of the same version (modules, modules-core, ...).
         let (_, all) = sb
             .run(&[
@@ -363,10 +406,8 @@ fn plan_rpm(ctx: &Ctx, keep: u32) -> Result<KernelPlan, String> {
                 .run(&["rpm", "-ql", n])
                 .map_err(|e| format!("rpm -ql: {e}"))?;
             for l in fl.lines().filter(|l| l.starts_with('/')) {
-                if let Some((p, st)) = canon(ctx.root, l) {
-                    if !st.is_dir() {
-                        files.insert(p, st);
-                    }
+                if let Some((p, st)) = packaged_file(ctx.root, l) {
+                    files.insert(p, st);
                 }
             }
         }
@@ -374,19 +415,24 @@ fn plan_rpm(ctx: &Ctx, keep: u32) -> Result<KernelPlan, String> {
         collect_tree(
             ctx.root,
             &format!("/lib/modules/{kver}"),
-            &mut files,
-            &mut dirs,
+            &mut tfiles,
+            &mut tdirs,
         );
         if let Ok(fd) = ctx.root.open_dir(b"/boot") {
             for name in root::list_dir(fd.as_raw_fd()).unwrap_or_default() {
                 let n = name.to_string_lossy();
                 if n.contains(&format!("-{kver}")) {
-                    collect_tree(ctx.root, &format!("/boot/{n}"), &mut files, &mut dirs);
+                    collect_tree(ctx.root, &format!("/boot/{n}"), &mut tfiles, &mut tdirs);
                 }
             }
         }
     }
-    plan.paths = order(files, dirs);
+    plan.sweep = order(tfiles.clone(), tdirs.clone())
+        .into_iter()
+        .map(|(p, _)| p)
+        .collect();
+    files.extend(tfiles);
+    plan.paths = order(files, tdirs);
     Ok(plan)
 }
 
@@ -404,8 +450,14 @@ pub fn plan(ctx: &Ctx, keep: u32) -> Result<KernelPlan, String> {
     }
 }
 
-/// Removes the planned packages inside the guest.
-pub fn execute(sb: &dyn Sandbox, plan: &KernelPlan) -> anyhow::Result<()> {
+/// Removes the planned packages inside the guest, then sweeps what is left
+/// of the per-version trees (generated files no package owns).
+pub fn execute(
+    sb: &dyn Sandbox,
+    root: &GuestRoot,
+    plan: &KernelPlan,
+    failures: &mut Vec<String>,
+) -> anyhow::Result<()> {
     let mut argv: Vec<&str> = match plan.backend {
         Backend::Dpkg => vec!["dpkg", "--purge"],
         Backend::Rpm => vec!["rpm", "-e"],
@@ -419,6 +471,13 @@ pub fn execute(sb: &dyn Sandbox, plan: &KernelPlan) -> anyhow::Result<()> {
             argv[..2].join(" "),
             tail.into_iter().rev().collect::<Vec<_>>().join(" / ")
         );
+    }
+    for p in &plan.sweep {
+        if let Ok(st) = root.lstat(p.as_os_str().as_bytes()) {
+            if let Err(e) = root.remove(p, st.is_dir()) {
+                failures.push(format!("{}: {e}", p.display()));
+            }
+        }
     }
     Ok(())
 }

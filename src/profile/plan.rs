@@ -568,7 +568,7 @@ pub fn execute(ctx: &Ctx, plan: &mut ProfilePlan) -> anyhow::Result<()> {
                 let sb = ctx
                     .sandbox
                     .ok_or_else(|| anyhow::anyhow!("removing kernels needs the guest sandbox"))?;
-                kernels::execute(sb, kp)?;
+                kernels::execute(sb, ctx.root, kp, &mut plan.failures)?;
                 // A grub.cfg regenerated over loop devices must not name them.
                 for cfg in ["/boot/grub/grub.cfg", "/boot/grub2/grub.cfg"] {
                     if let Ok(b) = ctx.root.read(cfg, 16 << 20) {
@@ -620,11 +620,9 @@ pub fn execute(ctx: &Ctx, plan: &mut ProfilePlan) -> anyhow::Result<()> {
                 Op::Delete => ctx.root.remove(path, false),
                 Op::Rmdir => ctx.root.remove(path, true),
                 Op::Truncate => ctx.root.truncate(path),
-                // The package manager removed these; sweep what it left.
-                Op::Package => match ctx.root.lstat(a.path.as_bytes()) {
-                    Ok(st) => ctx.root.remove(path, st.is_dir()),
-                    Err(_) => Ok(()),
-                },
+                // The package manager removed these (kernels::execute
+                // swept the per-version trees it left).
+                Op::Package => Ok(()),
                 Op::Write | Op::Symlink | Op::Run => Ok(()),
             };
             if let Err(e) = r {
