@@ -228,8 +228,7 @@ pub fn init(a: &SandboxArgs) -> anyhow::Result<i32> {
             libc::O_RDONLY | libc::O_DIRECTORY,
             libc::RESOLVE_IN_ROOT | libc::RESOLVE_NO_SYMLINKS,
         )?;
-        let mut devno = 0u32;
-        for d in &a.devs {
+        for (devno, d) in a.devs.iter().enumerate() {
             let f: Vec<&str> = d.rsplitn(4, ':').collect();
             if f.len() != 4 {
                 anyhow::bail!("bad --dev {d}");
@@ -262,8 +261,7 @@ pub fn init(a: &SandboxArgs) -> anyhow::Result<i32> {
             // code accepts as a whole disk (no trailing digits); the path
             // vmfinal mounted from is a symlink to it.
             let last = comps[comps.len() - 1];
-            let letter = (b'a' + (devno as u8 % 26)) as char;
-            devno += 1;
+            let letter = (b'a' + (devno % 26) as u8) as char;
             let devname = format!("vmfinal-disk-{letter}");
             let dn = c(devname.as_bytes())?;
             // SAFETY: valid descriptor and string.
