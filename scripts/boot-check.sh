@@ -30,7 +30,7 @@ tmp=$(mktemp -d /var/tmp/vmfinal-boot.XXXXXX)
 : > "$log"
 qemu-system-x86_64 -machine "accel=$accel" -m 1024 -smp 2 -display none -no-reboot \
   -drive "file=$img,format=$fmt,if=virtio,snapshot=on" -nic none \
-  -serial "file:$log" -monitor none -pidfile "$tmp/qemu.pid" &
+  -serial "file:$log" -monitor none -pidfile "$tmp/qemu.pid" 2> "$tmp/qemu.err" &
 qpid=$!
 cleanup() {
   kill "$qpid" 2>/dev/null || true
@@ -46,6 +46,7 @@ while :; do
   fi
   if ! kill -0 "$qpid" 2>/dev/null; then
     echo "boot-check: qemu exited before the marker; last console lines:" >&2
+    cat "$tmp/qemu.err" >&2
     tail -n 30 "$log" | tr -d '\r' >&2
     exit 1
   fi

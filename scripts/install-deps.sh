@@ -19,11 +19,14 @@ SRC
 fi
 apt-get update -qq
 pkgs=(zstd e2fsprogs xfsprogs btrfs-progs zerofree fdisk gdisk parted rsync util-linux mount
-      attr acl time debootstrap python3 gcc make pkg-config dosfstools kmod)
+      attr acl time debootstrap python3 gcc make pkg-config dosfstools kmod
+      ca-certificates packer)
 apt-get install -y -qq --no-install-recommends "${pkgs[@]}" >/dev/null
 if [ "${VERSION_CODENAME:-}" = bookworm ]; then
-  apt-get install -y -qq --no-install-recommends -t bookworm-backports qemu-utils >/dev/null
+  # qemu-system-x86 for the boot checks, from the same suite as qemu-utils.
+  apt-get install -y -qq --no-install-recommends -t bookworm-backports \
+    qemu-utils qemu-system-x86 qemu-system-data seabios ipxe-qemu >/dev/null
 else
-  apt-get install -y -qq --no-install-recommends qemu-utils >/dev/null
+  apt-get install -y -qq --no-install-recommends qemu-utils qemu-system-x86 >/dev/null
 fi
 qemu-img --version | head -1

@@ -1,0 +1,169 @@
+#!/usr/bin/env bash
+# The golden-image pipeline people run today against `vmfinal finalize`, on
+# copies of the same Debian image (scripts/make-debian-image.sh), in one run:
+#   (a) bento-style: in a chroot, apt-get clean, purge the old kernel, rm docs,
+#       caches, lists, tmp, logs truncated, machine-id and ssh host keys;
+#       dd zero-fill of / and /boot; then qemu-img convert -c (zlib, zstd)
+#   (b) virt-sysprep, then virt-sparsify --compress (Debian's libguestfs-tools
+#       1.48 in a tool chroot, scripts/make-guestfs-chroot.sh; direct backend, TCG)
+#   (c) zerofree on every ext filesystem, then qemu-img convert -c (zlib, zstd)
+#   (d) vmfinal finalize --profiles defaults,+docs (zlib, zstd)
+# Each row: wall seconds, peak RSS (the largest process), artifact bytes, and
+# vmfinal's speedup and size ratio against it (same codec).
+#
+#   scripts/bench-pipeline.sh [--image RAW] [--workdir DIR] [--skip-guestfs]
+# Needs root. The (b) chroot takes several minutes to build the first time.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+repo=$PWD
+image=
+workdir=/var/tmp
+skip_gfs=0
+while [ $# -gt 0 ]; do
+  case $1 in
+    --image) image=$2; shift 2 ;;
+    --workdir) workdir=$2; shift 2 ;;
+    --skip-guestfs) skip_gfs=1; shift ;;
+    *) echo "bench-pipeline.sh: unknown option $1" >&2; exit 2 ;;
+  esac
+done
+if ! command -v cargo >/dev/null; then . "$HOME/.cargo/env" 2>/dev/null || true; fi
+cargo build --release --locked -q
+V=$repo/target/release/vmfinal
+W=$(mktemp -d "$workdir/vmfinal-benchpipe.XXXXXX")
+trap 'rm -rf "$W"' EXIT
+if [ -z "$image" ]; then image=$W/debian.raw; scripts/make-debian-image.sh "$image" >/dev/null; fi
+gfs=
+if [ "$skip_gfs" = 0 ]; then gfs=$(scripts/make-guestfs-chroot.sh); fi
+
+res=$W/results.tsv
+: > "$res"
+# timed NAME CMD...: runs CMD; sets T_WALL (s) and T_RSS (KiB, largest process)
+timed() {
+  local name=$1; shift
+  sync; echo 3 > /proc/sys/vm/drop_caches 2>/dev/null || true
+  /usr/bin/time -f '%e %M' -o "$W/t" "$@" > "$W/log.$name" 2>&1 ||
+    { echo "bench-pipeline: $name failed:" >&2; tail -20 "$W/log.$name" >&2; exit 1; }
+  read -r T_WALL T_RSS < "$W/t"
+}
+record() { # ROW WALL RSS_KIB ARTIFACT
+  printf '%s\t%s\t%s\t%s\n' "$1" "$2" "$3" "$(stat -c %s "$4")" >> "$res"
+}
+fresh() { rm -f "$W/work.raw"; cp --sparse=always "$image" "$W/work.raw"; }
+ext_parts() {
+  sfdisk -J "$1" | python3 -c '
+import json, sys
+for p in json.load(sys.stdin)["partitiontable"]["partitions"]:
+    if p["type"] == "0FC63DAF-8483-4772-8E79-3D69D8477DE4":
+        print(p["start"] * 512, p["size"] * 512)'
+}
+
+# (a) bento-style.
+cat > "$W/bento.sh" <<'SH'
+#!/bin/bash
+# Mounts root (largest ext partition) and /boot of $1 in this private
+# namespace, cleans like bento's cleanup scripts, zero-fills, unmounts.
+set -euo pipefail
+img=$1; shift
+read -r bo bs <<< "$1"; read -r ro rs <<< "$2"
+M=$(mktemp -d /var/tmp/vmfinal-bento.XXXXXX)
+mount -o loop,offset=$ro,sizelimit=$rs "$img" "$M"
+mount -o loop,offset=$bo,sizelimit=$bs "$img" "$M/boot"
+mount -t proc proc "$M/proc"; mount --bind /dev "$M/dev"; mount -t tmpfs tmpfs "$M/run"
+ch() { chroot "$M" /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin DEBIAN_FRONTEND=noninteractive "$@"; }
+newest=$(ch dpkg-query -W -f='${Package}\n' 'linux-image-[0-9]*' | sort -V | tail -1)
+old=$(ch dpkg-query -W -f='${Package}\n' 'linux-image-[0-9]*' | grep -vx "$newest" || true)
+[ -z "$old" ] || ch apt-get -y -qq purge $old
+ch apt-get -y -qq autoremove --purge
+ch apt-get -y clean
+rm -rf "$M"/var/lib/apt/lists/* "$M"/usr/share/doc/* "$M"/usr/share/man/* "$M"/usr/share/info/*
+find "$M/var/cache" -type f -delete
+rm -rf "$M"/root/.cache "$M"/root/.npm "$M"/home/*/.cache "$M"/home/*/.npm
+find "$M/var/log" -type f \( -name '*.gz' -o -name '*.[0-9]' -o -name '*.journal' -o -name '*.journal~' \) -delete
+find "$M/var/log" -type f -exec truncate -s 0 {} +
+rm -rf "$M"/tmp/* "$M"/var/tmp/* "$M"/etc/ssh/ssh_host_* "$M"/root/.bash_history "$M"/home/*/.bash_history
+truncate -s 0 "$M/etc/machine-id"
+umount "$M/run" "$M/dev" "$M/proc"
+for d in "$M/boot" "$M"; do
+  dd if=/dev/zero of="$d/EMPTY" bs=1M status=none 2>/dev/null || true
+  sync; rm -f "$d/EMPTY"
+done
+umount "$M/boot" "$M"; rmdir "$M"
+SH
+chmod +x "$W/bento.sh"
+bp=$(ext_parts "$image" | sort -k2 -n | head -1); rp=$(ext_parts "$image" | sort -k2 -n | tail -1)
+fresh
+timed a-clean unshare --mount --propagation private "$W/bento.sh" "$W/work.raw" "$bp" "$rp"; a_wall=$T_WALL a_rss=$T_RSS
+for c in zlib zstd; do
+  timed "a-convert-$c" qemu-img convert -c -O qcow2 -o compression_type=$c "$W/work.raw" "$W/a-$c.qcow2"; w=$T_WALL r=$T_RSS
+  record "(a) bento-style cleanup + dd zero-fill + qemu-img convert -c ($c)" \
+    "$(python3 -c "print(round($a_wall + $w, 1))")" "$(( a_rss > r ? a_rss : r ))" "$W/a-$c.qcow2"
+done
+
+# (b) virt-sysprep + virt-sparsify --compress.
+if [ -n "$gfs" ]; then
+  fresh
+  mkdir -p "$gfs/work"
+  cat > "$W/gfs.sh" <<'SH'
+#!/bin/bash
+set -euo pipefail
+g=$1 w=$2 what=$3
+mount -t proc proc "$g/proc"; mount -t sysfs sys "$g/sys"; mount --bind /dev "$g/dev"
+mount -t tmpfs tmpfs "$g/tmp"; mount --bind "$w" "$g/work"
+ge() { chroot "$g" /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root TMPDIR=/tmp \
+  LIBGUESTFS_BACKEND=direct LIBGUESTFS_BACKEND_SETTINGS=force_tcg "$@"; }
+case $what in
+  sysprep) ge virt-sysprep -q -a /work/work.raw ;;
+  sparsify) ge virt-sparsify -q --compress --convert qcow2 /work/work.raw /work/b-zlib.qcow2 ;;
+esac
+SH
+  chmod +x "$W/gfs.sh"
+  timed b-sysprep unshare --mount --pid --fork --propagation private "$W/gfs.sh" "$gfs" "$W" sysprep; s_wall=$T_WALL s_rss=$T_RSS
+  timed b-sparsify unshare --mount --pid --fork --propagation private "$W/gfs.sh" "$gfs" "$W" sparsify; p_wall=$T_WALL p_rss=$T_RSS
+  record "(b) virt-sysprep + virt-sparsify --compress (zlib)" \
+    "$(python3 -c "print(round($s_wall + $p_wall, 1))")" "$(( s_rss > p_rss ? s_rss : p_rss ))" "$W/b-zlib.qcow2"
+fi
+
+# (c) zerofree + qemu-img convert -c.
+fresh
+cat > "$W/zerofree.sh" <<'SH'
+#!/bin/bash
+set -euo pipefail
+img=$1; shift
+for p in "$@"; do
+  read -r o s <<< "$p"
+  l=$(losetup -f --show --offset "$o" --sizelimit "$s" "$img")
+  zerofree "$l" || { losetup -d "$l"; exit 1; }
+  losetup -d "$l"
+done
+SH
+chmod +x "$W/zerofree.sh"
+timed c-zerofree "$W/zerofree.sh" "$W/work.raw" "$bp" "$rp"; z_wall=$T_WALL z_rss=$T_RSS
+for c in zlib zstd; do
+  timed "c-convert-$c" qemu-img convert -c -O qcow2 -o compression_type=$c "$W/work.raw" "$W/c-$c.qcow2"; w=$T_WALL r=$T_RSS
+  record "(c) zerofree + qemu-img convert -c ($c)" \
+    "$(python3 -c "print(round($z_wall + $w, 1))")" "$(( z_rss > r ? z_rss : r ))" "$W/c-$c.qcow2"
+done
+
+# (d) vmfinal finalize.
+for c in zlib zstd; do
+  timed "d-$c" "$V" finalize -q --profiles defaults,+docs --compression $c -o "$W/d-$c.qcow2" "$image"; w=$T_WALL r=$T_RSS
+  record "(d) vmfinal finalize --profiles defaults,+docs ($c)" "$w" "$r" "$W/d-$c.qcow2"
+  qemu-img check "$W/d-$c.qcow2" >/dev/null
+done
+
+echo "image: $(basename "$image"), $(( $(stat -c %s "$image") >> 20 )) MiB virtual, $(( $(stat -c %b "$image") * 512 >> 20 )) MiB allocated; $(nproc) cores; $(date -u +%F)"
+python3 - "$res" <<'PY'
+import sys
+rows = [l.rstrip("\n").split("\t") for l in open(sys.argv[1])]
+vm = {("zstd" if "zstd" in r[0] else "zlib"): r for r in rows if r[0].startswith("(d)")}
+print(f"| pipeline | wall s | peak RSS MiB | artifact MiB | vmfinal speedup | vmfinal size / it |")
+print(f"|---|---:|---:|---:|---:|---:|")
+for name, wall, rss, size in rows:
+    codec = "zstd" if "zstd" in name else "zlib"
+    d = vm[codec]
+    sp = "" if name.startswith("(d)") else f"{float(wall) / float(d[1]):.2f}x"
+    ratio = "" if name.startswith("(d)") else f"{int(d[3]) / int(size):.3f}"
+    bold = "**" if name.startswith("(d)") else ""
+    print(f"| {bold}{name}{bold} | {float(wall):.1f} | {int(rss) / 1024:.0f} | {int(size) / 2**20:.1f} | {sp} | {ratio} |")
+PY
