@@ -699,3 +699,157 @@ fn interrupted_finalize_leaves_nothing() {
     ok(vmfinal().args(["finalize", "-q", "-o"]).arg(&out).arg(&img));
     assert!(out.exists());
 }
+
+fn make_fs_image(layout: &str, out: &Path) {
+    ok(Command::new(repo().join("scripts/make-guest-image-fs.sh"))
+        .arg(layout)
+        .arg(repo().join("vm-fixtures/debian-mini/tree.txt"))
+        .arg(out));
+}
+
+/// Runs `check` (argv) on the partition at (offset, size) through a read-only loop device.
+fn fs_check(img: &Path, (off, size): (u64, u64), check: &[&str]) {
+    let lo = ok(Command::new("losetup")
+        .args([
+            "-r",
+            "-f",
+            "--show",
+            "--offset",
+            &off.to_string(),
+            "--sizelimit",
+            &size.to_string(),
+        ])
+        .arg(img));
+    let dev = String::from_utf8_lossy(&lo.stdout).trim().to_string();
+    let out = run(Command::new(check[0]).args(&check[1..]).arg(&dev));
+    let _ = Command::new("losetup").args(["-d", &dev]).status();
+    assert!(
+        out.status.success(),
+        "{check:?} failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn part_range(img: &Path, n: usize) -> (u64, u64) {
+    let o = ok(Command::new("sfdisk").arg("-J").arg(img));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let p = &v["partitiontable"]["partitions"][n];
+    (
+        p["start"].as_u64().unwrap() * 512,
+        p["size"].as_u64().unwrap() * 512,
+    )
+}
+
+#[test]
+fn btrfs_root_in_a_subvolume() {
+    if !root_ok() || !have("mkfs.btrfs") || !have("btrfs") {
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    let img = d.path().join("btrfs.raw");
+    make_fs_image("btrfs-subvol", &img);
+    let v = json(&ok(vmfinal().args(["clean", "--json"]).arg(&img)));
+    let m = &v["guest"]["mounts"][0];
+    assert_eq!(
+        (m["mountpoint"].as_str(), m["fstype"].as_str()),
+        (Some("/"), Some("btrfs"))
+    );
+    let paths: Vec<String> = planned(&v).into_iter().map(|(_, _, p)| p).collect();
+    assert!(
+        paths
+            .iter()
+            .any(|p| p == "/var/cache/apt/archives/bash_5.2.15-2+b7_amd64.deb")
+    );
+    let (off, size) = part_range(&img, 0);
+    let mnt = tempfile::tempdir().unwrap();
+    ok(Command::new("mount")
+        .arg("-o")
+        .arg(format!("ro,loop,offset={off},sizelimit={size},subvol=@"))
+        .arg(&img)
+        .arg(mnt.path()));
+    let gone = !mnt
+        .path()
+        .join("var/cache/apt/archives/bash_5.2.15-2+b7_amd64.deb")
+        .exists();
+    let kept = mnt.path().join("etc/fstab").exists();
+    let _ = Command::new("umount").arg(mnt.path()).status();
+    assert!(gone && kept, "btrfs guest not cleaned as planned");
+    fs_check(&img, (off, size), &["btrfs", "check", "--readonly"]);
+    no_leftovers(d.path());
+}
+
+#[test]
+fn xfs_var_mounted_by_label() {
+    if !root_ok() || !have("mkfs.xfs") || !have("xfs_repair") {
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    let img = d.path().join("xfs.raw");
+    make_fs_image("xfs-var", &img);
+    let v = json(&ok(vmfinal().args(["clean", "--json"]).arg(&img)));
+    let mounts = v["guest"]["mounts"].as_array().unwrap();
+    assert!(
+        mounts
+            .iter()
+            .any(|m| m["mountpoint"] == "/var" && m["fstype"] == "xfs"),
+        "{mounts:?}"
+    );
+    let g = &v["guest"];
+    let (f, m) = (
+        g["freed_bytes"].as_f64().unwrap(),
+        g["measured_freed_bytes"].as_f64().unwrap(),
+    );
+    assert!(
+        f > 10e6 && (f - m).abs() <= f * 0.01,
+        "planned {f} vs measured {m}"
+    );
+    let var = part_range(&img, 1);
+    let mnt = tempfile::tempdir().unwrap();
+    ok(Command::new("mount")
+        .arg("-o")
+        .arg(format!(
+            "ro,loop,nouuid,offset={},sizelimit={}",
+            var.0, var.1
+        ))
+        .arg(&img)
+        .arg(mnt.path()));
+    let gone = !mnt
+        .path()
+        .join("cache/apt/archives/libc6_2.36-9+deb12u9_amd64.deb")
+        .exists();
+    let kept = mnt.path().join("lib/dpkg/status").exists();
+    let _ = Command::new("umount").arg(mnt.path()).status();
+    assert!(gone && kept, "xfs /var not cleaned as planned");
+    fs_check(&img, var, &["xfs_repair", "-n"]);
+    fs_check(&img, part_range(&img, 0), &["e2fsck", "-fn"]);
+    no_leftovers(d.path());
+}
+
+#[test]
+fn run_steps_need_allow_run() {
+    if !root_ok() {
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    let img = d.path().join("deb.raw");
+    make_image("debian-mini", &img);
+    let prof = d.path().join("run.yaml");
+    std::fs::write(
+        &prof,
+        "name: hook\ndescription: x\nsteps:\n  - run: touch /root/ran\n",
+    )
+    .unwrap();
+    let v = json(&ok(vmfinal()
+        .args(["clean", "--json", "--profiles", "none", "--profile-file"])
+        .arg(&prof)
+        .arg(&img)));
+    let step = &v["guest"]["profiles"][0]["steps"][0];
+    assert!(
+        step["note"].as_str().unwrap_or("").contains("--allow-run"),
+        "{step}"
+    );
+    assert!(step["actions"].as_array().unwrap().is_empty());
+    assert!(!listing(&img).contains("/root/ran"));
+    no_leftovers(d.path());
+}
