@@ -53,6 +53,11 @@ pub fn run(a: &CleanArgs) -> anyhow::Result<super::ExitCode> {
     } else {
         session::print_human(&r, !a.quiet || a.guest.dry_run);
         if !a.guest.dry_run {
+            let st: Vec<String> = ["mount", "plan", "clean", "reclaim", "unmount"]
+                .iter()
+                .filter_map(|k| r.stages.get(*k).map(|v| format!("{k} {v:.1} s")))
+                .collect();
+            eprintln!("stages: {}", st.join(", "));
             eprintln!(
                 "image: {} allocated -> {} in {:.1} s",
                 crate::report::human_bytes(before),
