@@ -2,7 +2,8 @@
 # End to end on a real Debian guest (run by .ci/run):
 #   1. build the Debian image (scripts/make-debian-image.sh);
 #   2. boot-check the original (two kernels, its machine-id);
-#   3. vmfinal finalize --profiles defaults to qcow2 (zstd) and to .zst;
+#   3. vmfinal finalize --profiles defaults to qcow2 (zstd) and to .zst
+#      (and --dry-run first: it must list exactly the actions the run takes);
 #   4. check the cleaned guest (scripts/check-finalized.sh: dpkg --audit,
 #      apt-get check, one kernel, no .deb, empty machine-id, no host keys,
 #      freed bytes vs df within 1%, e2fsck -fn on every filesystem);
@@ -42,6 +43,7 @@ echo "$m0"
 id0=$(field machine-id "$m0")
 
 echo "== 3. finalize"
+"$V" finalize --profiles defaults --dry-run --json "$W/debian.raw" > "$W/dry.json"
 t0=$(t)
 "$V" finalize --profiles defaults --compression zstd --json -o "$W/final.qcow2" "$W/debian.raw" > "$W/final.json"
 t_qcow=$(el "$t0" "$(t)")
@@ -49,6 +51,15 @@ t0=$(t)
 "$V" finalize --profiles defaults -q -o "$W/final.zst" "$W/debian.raw"
 t_zst=$(el "$t0" "$(t)")
 qemu-img check "$W/final.qcow2" >/dev/null
+python3 - "$W/dry.json" "$W/final.json" <<'PY'
+import json, sys
+def plan(f):
+    r = json.load(open(f))
+    return [(p["name"], a["op"], a["path"]) for p in r["guest"]["profiles"] for s in p["steps"] for a in s["actions"]]
+d, r = plan(sys.argv[1]), plan(sys.argv[2])
+assert d == r, f"dry run and real run differ: {set(d) ^ set(r)}"
+print(f"e2e: --dry-run listed the same {len(d)} actions the run carried out")
+PY
 zstd -tq "$W/final.zst"
 
 echo "== 4. the cleaned guest"
