@@ -38,7 +38,8 @@ pub struct GuestArgs {
     /// Allow profiles' `run` steps (commands chrooted in the guest)
     #[arg(long)]
     pub allow_run: bool,
-    /// Free-space reclaim after cleaning
+    /// Free-space reclaim after cleaning. auto: discard, else zero-fill; in
+    /// finalize only where compaction cannot map free space itself (btrfs, vfat)
     #[arg(long, value_enum, default_value = "auto")]
     pub reclaim: ReclaimMode,
 }
@@ -137,11 +138,16 @@ impl Drop for MountDir {
 
 /// Mounts the guest on the raw disk `image`, runs `profiles` (or plans them
 /// for a dry run), reclaims, and unmounts.
+/// `compaction_follows`: `finalize` compacts the workspace next, skipping the
+/// free space of ext2/3/4, xfs and swap by their own maps; `--reclaim auto`
+/// then leaves those alone (the artifact is byte-identical either way) and
+/// only trims what compaction cannot map (btrfs, vfat).
 pub fn run_guest(
     image: &Path,
     profiles: &[Profile],
     args: &GuestArgs,
     state: &mut State,
+    compaction_follows: bool,
 ) -> anyhow::Result<GuestReport> {
     let mut stages = BTreeMap::new();
     let t = Instant::now();
@@ -224,15 +230,26 @@ pub fn run_guest(
     checkpoint("clean")?;
 
     let t = Instant::now();
+    let mapped = |kind: &str| matches!(kind, "ext4" | "xfs" | "swap");
+    let skip_mapped = compaction_follows && args.reclaim == ReclaimMode::Auto;
     if args.reclaim != ReclaimMode::None {
         for m in &g.mounted {
             interrupted()?;
+            if skip_mapped && mapped(&m.fstype) {
+                report.reclaim.push(ReclaimResult {
+                    target: m.mountpoint.clone(),
+                    method: "none".into(),
+                    bytes: 0,
+                    note: Some("compaction skips its free space".into()),
+                });
+                continue;
+            }
             let r = reclaim::reclaim_fs(&g.host_path(&m.mountpoint), &m.mountpoint, args.reclaim);
             report.reclaim.push(r);
         }
         let img = std::fs::OpenOptions::new().write(true).open(image)?;
         for p in &g.parts {
-            if p.fs.as_ref().is_some_and(|f| f.kind == "swap") {
+            if p.fs.as_ref().is_some_and(|f| f.kind == "swap") && !skip_mapped {
                 let n = reclaim::clear_swap(&img, p.start, p.size)?;
                 report.reclaim.push(ReclaimResult {
                     target: format!("swap (partition {})", p.index),

@@ -39,7 +39,7 @@ pub fn run(a: &CleanArgs) -> anyhow::Result<super::ExitCode> {
     }
     let t0 = Instant::now();
     let before = image::allocated_bytes(&f.metadata()?);
-    let r = session::run_guest(&a.image, &profiles, &a.guest, &mut state)?;
+    let r = session::run_guest(&a.image, &profiles, &a.guest, &mut state, false)?;
     let after = image::allocated_bytes(&std::fs::metadata(&a.image)?);
     if a.json {
         let v = serde_json::json!({

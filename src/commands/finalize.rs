@@ -136,7 +136,7 @@ pub fn run(a: &FinalizeArgs) -> anyhow::Result<super::ExitCode> {
     stages.insert("workspace".to_string(), t.elapsed().as_secs_f64());
     crate::interrupt::checkpoint("workspace")?;
 
-    let guest = session::run_guest(&ws.path, &profiles, &a.guest, &mut state)?;
+    let guest = session::run_guest(&ws.path, &profiles, &a.guest, &mut state, true)?;
     for (k, v) in &guest.stages {
         stages.insert(k.clone(), *v);
     }
