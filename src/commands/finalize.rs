@@ -5,7 +5,7 @@
 //! into OUT with every `compact` output option. The input is never changed
 //! unless --in-place.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Instant;
 
 use super::compact::OutputArgs;
@@ -46,18 +46,6 @@ impl Drop for Workspace {
             let _ = std::fs::remove_file(&self.path);
         }
     }
-}
-
-fn tmp_name_for(target: &Path) -> PathBuf {
-    let name = target
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let dir = match target.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
-        _ => PathBuf::from("."),
-    };
-    dir.join(format!(".{name}.vmfinal-{}.tmp", std::process::id()))
 }
 
 pub fn run(a: &FinalizeArgs) -> anyhow::Result<super::ExitCode> {
@@ -111,7 +99,7 @@ pub fn run(a: &FinalizeArgs) -> anyhow::Result<super::ExitCode> {
             .unwrap_or_else(|| "disk".into());
         let path = dir.join(format!(".vmfinal-ws-{}-{stem}.raw", std::process::id()));
         state.add_file(&path)?;
-        state.add_file(&tmp_name_for(&path))?;
+        state.add_file(&crate::output::temp_path_for(&path))?;
         let ws = Workspace {
             path: path.clone(),
             remove: !a.keep_workspace,
@@ -167,7 +155,7 @@ pub fn run(a: &FinalizeArgs) -> anyhow::Result<super::ExitCode> {
     req.input = ws.path.clone();
     req.input_format = Some(ImageFormat::Raw);
     req.fs_aware = true;
-    state.add_file(&tmp_name_for(&req.output))?;
+    state.add_file(&crate::output::temp_path_for(&req.output))?;
     let report = convert::convert(&req)?;
     stages.insert("compact".to_string(), t.elapsed().as_secs_f64());
     let extra = serde_json::json!({

@@ -24,6 +24,20 @@ pub enum OutputError {
     },
 }
 
+/// The temporary name an output is written under: `.NAME.vmfinal-PID.tmp`
+/// beside `target`.
+pub fn temp_path_for(target: &Path) -> PathBuf {
+    let name = target
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let dir = match target.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
+        _ => PathBuf::from("."),
+    };
+    dir.join(format!(".{name}.vmfinal-{}.tmp", std::process::id()))
+}
+
 /// An output file under construction. Dropping it without `commit` removes it.
 pub struct TempOutput {
     tmp: PathBuf,
@@ -38,15 +52,7 @@ impl TempOutput {
         if !force && std::fs::symlink_metadata(target).is_ok() {
             return Err(OutputError::Exists(target.to_owned()));
         }
-        let name = target
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let dir = match target.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
-            _ => PathBuf::from("."),
-        };
-        let tmp = dir.join(format!(".{name}.vmfinal-{}.tmp", std::process::id()));
+        let tmp = temp_path_for(target);
         let file = OpenOptions::new()
             .read(true)
             .write(true)

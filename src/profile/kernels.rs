@@ -128,6 +128,44 @@ fn packaged_file(root: &GuestRoot, p: &str) -> Option<(PathBuf, Stat)> {
     Some((path, st))
 }
 
+/// The per-version trees of removed kernels: swept after the package
+/// manager ran, and part of the plan's paths.
+#[derive(Default)]
+struct Trees {
+    files: BTreeMap<PathBuf, Stat>,
+    dirs: BTreeMap<PathBuf, Stat>,
+}
+
+impl Trees {
+    /// Adds `PREFIX+KVER` for each prefix, and the /boot entries named
+    /// after the version (`vmlinuz-KVER`, `initramfs-KVER.img`, ...).
+    fn add_version(&mut self, root: &GuestRoot, kver: &str, prefixes: &[&str]) {
+        for p in prefixes {
+            collect_tree(root, &format!("{p}{kver}"), &mut self.files, &mut self.dirs);
+        }
+        let Ok(fd) = root.open_dir(b"/boot") else {
+            return;
+        };
+        let (end, mid) = (format!("-{kver}"), format!("-{kver}."));
+        for name in root::list_dir(fd.as_raw_fd()).unwrap_or_default() {
+            let n = name.to_string_lossy();
+            if n.ends_with(&end) || n.contains(&mid) {
+                collect_tree(root, &format!("/boot/{n}"), &mut self.files, &mut self.dirs);
+            }
+        }
+    }
+
+    /// Sets the plan's sweep list and its paths (packaged files plus the trees).
+    fn finish(self, plan: &mut KernelPlan, mut files: BTreeMap<PathBuf, Stat>) {
+        plan.sweep = order(self.files.clone(), self.dirs.clone())
+            .into_iter()
+            .map(|(p, _)| p)
+            .collect();
+        files.extend(self.files);
+        plan.paths = order(files, self.dirs);
+    }
+}
+
 /// Canonical guest path of `p` (parent resolved inside the guest) and its lstat.
 fn canon(root: &GuestRoot, p: &str) -> Option<(PathBuf, Stat)> {
     let (parent, name) = root::split(Path::new(p));
@@ -264,55 +302,28 @@ fn plan_dpkg(root: &GuestRoot, keep: u32) -> Result<KernelPlan, String> {
         ));
     }
     let mut files = BTreeMap::new();
-    let mut tfiles = BTreeMap::new();
-    let mut tdirs = BTreeMap::new();
-    let mut kvers = BTreeSet::new();
+    let mut trees = Trees::default();
     for (name, kver, list) in &candidates {
         if blocked_kvers.contains(kver) {
             continue;
         }
         plan.purge.push(name.clone());
-        kvers.insert(kver.clone());
         for l in list {
             if let Some((path, st)) = packaged_file(root, l) {
                 files.insert(path, st);
             }
         }
+        trees.add_version(
+            root,
+            kver,
+            &[
+                "/lib/modules/",
+                "/usr/src/linux-headers-",
+                "/var/lib/initramfs-tools/",
+            ],
+        );
     }
-    for kver in &kvers {
-        collect_tree(
-            root,
-            &format!("/lib/modules/{kver}"),
-            &mut tfiles,
-            &mut tdirs,
-        );
-        collect_tree(
-            root,
-            &format!("/usr/src/linux-headers-{kver}"),
-            &mut tfiles,
-            &mut tdirs,
-        );
-        collect_tree(
-            root,
-            &format!("/var/lib/initramfs-tools/{kver}"),
-            &mut tfiles,
-            &mut tdirs,
-        );
-        if let Ok(fd) = root.open_dir(b"/boot") {
-            for name in root::list_dir(fd.as_raw_fd()).unwrap_or_default() {
-                let n = name.to_string_lossy();
-                if n.ends_with(&format!("-{kver}")) {
-                    collect_tree(root, &format!("/boot/{n}"), &mut tfiles, &mut tdirs);
-                }
-            }
-        }
-    }
-    plan.sweep = order(tfiles.clone(), tdirs.clone())
-        .into_iter()
-        .map(|(p, _)| p)
-        .collect();
-    files.extend(tfiles);
-    plan.paths = order(files, tdirs);
+    trees.finish(&mut plan, files);
     Ok(plan)
 }
 
@@ -376,23 +387,23 @@ fn plan_rpm(ctx: &Ctx, keep: u32) -> Result<KernelPlan, String> {
     });
     let (kept, old) = kernels.split_at((keep as usize).min(kernels.len()));
     plan.keep = kept.iter().flat_map(|k| k.2.clone()).collect();
+    // Every kernel* package once; companions (modules, modules-core, ...)
+    // share the kernel's VERSION-RELEASE.ARCH.
+    let (_, all) = sb
+        .run(&[
+            "rpm",
+            "-qa",
+            "--qf",
+            "%{NAME}-%{VERSION}-%{RELEASE}.%{ARCH}\n",
+            "kernel*",
+        ])
+        .map_err(|e| format!("rpm query: {e}"))?;
     let mut files = BTreeMap::new();
-    let mut tfiles = BTreeMap::new();
-    let mut tdirs = BTreeMap::new();
+    let mut trees = Trees::default();
     for (kver, _, pkgs) in old {
         if !valid_kver(kver) {
             continue;
         }
-        // Companion packages of the same version (modules, modules-core, ...).
-        let (_, all) = sb
-            .run(&[
-                "rpm",
-                "-qa",
-                "--qf",
-                "%{NAME}-%{VERSION}-%{RELEASE}.%{ARCH}\n",
-                "kernel*",
-            ])
-            .map_err(|e| format!("rpm query: {e}"))?;
         let mut names: Vec<String> = all
             .lines()
             .filter(|l| l.ends_with(kver.as_str()))
@@ -412,27 +423,9 @@ fn plan_rpm(ctx: &Ctx, keep: u32) -> Result<KernelPlan, String> {
             }
         }
         plan.purge.extend(names);
-        collect_tree(
-            ctx.root,
-            &format!("/lib/modules/{kver}"),
-            &mut tfiles,
-            &mut tdirs,
-        );
-        if let Ok(fd) = ctx.root.open_dir(b"/boot") {
-            for name in root::list_dir(fd.as_raw_fd()).unwrap_or_default() {
-                let n = name.to_string_lossy();
-                if n.contains(&format!("-{kver}")) {
-                    collect_tree(ctx.root, &format!("/boot/{n}"), &mut tfiles, &mut tdirs);
-                }
-            }
-        }
+        trees.add_version(ctx.root, kver, &["/lib/modules/"]);
     }
-    plan.sweep = order(tfiles.clone(), tdirs.clone())
-        .into_iter()
-        .map(|(p, _)| p)
-        .collect();
-    files.extend(tfiles);
-    plan.paths = order(files, tdirs);
+    trees.finish(&mut plan, files);
     Ok(plan)
 }
 
