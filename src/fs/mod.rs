@@ -127,7 +127,7 @@ impl Default for FsScan {
 }
 
 /// Names a filesystem or container we recognise but do not read.
-fn recognise(r: &Region) -> Option<&'static str> {
+pub(crate) fn recognise(r: &Region) -> Option<&'static str> {
     let at = |off: u64, magic: &[u8]| r.read(off, magic.len()).is_ok_and(|b| b == magic);
     if at(0x10040, b"_BHRfS_M") {
         Some("btrfs")

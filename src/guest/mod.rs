@@ -17,12 +17,12 @@ pub mod state;
 
 use std::fs::File;
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
 use crate::disk;
+use crate::fs::{self, Region};
 use loopdev::LoopDevice;
 use mount::Mount;
 use root::GuestRoot;
@@ -53,58 +53,38 @@ fn label_str(b: &[u8]) -> String {
     String::from_utf8_lossy(&b[..end]).trim_end().to_string()
 }
 
-/// Identifies the filesystem at `off` in `f` (a raw disk).
-pub fn identify(f: &File, off: u64, size: u64) -> Option<FsId> {
-    let read = |at: u64, n: usize| -> Option<Vec<u8>> {
-        if at + n as u64 > size {
-            return None;
-        }
-        let mut b = vec![0u8; n];
-        f.read_exact_at(&mut b, off + at).ok()?;
-        Some(b)
+/// Identifies the filesystem on a partition: the kind from the probes in
+/// `fs` (the same ones compaction uses), plus its UUID and label.
+pub fn identify(r: &Region) -> Option<FsId> {
+    let id = |kind: &str, at: u64, label_at: u64, label_len: usize| {
+        let uuid = r.read(at, 16).ok()?;
+        let label = r.read(label_at, label_len).ok()?;
+        Some(FsId {
+            kind: kind.into(),
+            uuid: uuid_str(&uuid),
+            label: label_str(&label),
+        })
     };
-    let sb = read(1024, 1024)?;
-    if sb[56..58] == [0x53, 0xEF] {
-        return Some(FsId {
-            kind: "ext4".into(),
-            uuid: uuid_str(&sb[104..120]),
-            label: label_str(&sb[120..136]),
-        });
+    if fs::ext4::detect(r) {
+        return id("ext4", 1024 + 104, 1024 + 120, 16);
     }
-    let x = read(0, 512)?;
-    if &x[0..4] == b"XFSB" {
-        return Some(FsId {
-            kind: "xfs".into(),
-            uuid: uuid_str(&x[32..48]),
-            label: label_str(&x[108..120]),
-        });
+    if fs::xfs::detect(r) {
+        return id("xfs", 32, 108, 12);
     }
-    if let Some(b) = read(0x10000, 0x300) {
-        if &b[0x40..0x48] == b"_BHRfS_M" {
-            return Some(FsId {
-                kind: "btrfs".into(),
-                uuid: uuid_str(&b[0x20..0x30]),
-                label: label_str(&b[0x12b..0x22b]),
-            });
-        }
+    if fs::swap::detect(r) {
+        return id("swap", 1024 + 12, 1024 + 28, 16);
     }
-    if let Some(p) = read(4096 - 10, 10) {
-        if &p == b"SWAPSPACE2" {
-            return Some(FsId {
-                kind: "swap".into(),
-                uuid: uuid_str(&sb[12..28]),
-                label: label_str(&sb[28..44]),
-            });
-        }
+    if fs::recognise(r) == Some("btrfs") {
+        return id("btrfs", 0x10020, 0x1012b, 256);
     }
-    if x[510..512] == [0x55, 0xAA]
-        && (&x[82..87] == b"FAT32" || &x[54..59] == b"FAT16" || &x[54..59] == b"FAT12")
-    {
-        let id_at = if &x[82..87] == b"FAT32" { 67 } else { 39 };
-        let id = u32::from_le_bytes([x[id_at], x[id_at + 1], x[id_at + 2], x[id_at + 3]]);
+    let x = r.read(0, 512).ok()?;
+    let fat32 = &x[82..87] == b"FAT32";
+    if x[510..512] == [0x55, 0xAA] && (fat32 || &x[54..59] == b"FAT16" || &x[54..59] == b"FAT12") {
+        let at = if fat32 { 67 } else { 39 };
+        let v = u32::from_le_bytes([x[at], x[at + 1], x[at + 2], x[at + 3]]);
         return Some(FsId {
             kind: "vfat".into(),
-            uuid: format!("{:04X}-{:04X}", id >> 16, id & 0xFFFF),
+            uuid: format!("{:04X}-{:04X}", v >> 16, v & 0xFFFF),
             label: String::new(),
         });
     }
@@ -124,8 +104,7 @@ pub struct PartInfo {
 
 /// Lists the workspace's partitions and their filesystems.
 pub fn partitions(image: &Path) -> anyhow::Result<Vec<PartInfo>> {
-    let f = File::open(image)?;
-    let src = crate::image::raw::RawImage::open(f.try_clone()?, image)?;
+    let src = crate::image::raw::RawImage::open(File::open(image)?, image)?;
     let table = disk::read_partitions(&src);
     Ok(table
         .partitions
@@ -135,7 +114,11 @@ pub fn partitions(image: &Path) -> anyhow::Result<Vec<PartInfo>> {
             start: p.start,
             size: p.size,
             part_uuid: p.part_uuid.clone(),
-            fs: identify(&f, p.start, p.size),
+            fs: identify(&Region {
+                src: &src,
+                start: p.start,
+                len: p.size,
+            }),
         })
         .collect())
 }

@@ -53,6 +53,39 @@ pub fn enter_private_namespace() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `mount(2)`; an empty `data` passes none. `target` may be a
+/// `/proc/self/fd/N` path of an opened directory (see `GuestRoot`).
+pub fn mount(
+    source: &Path,
+    target: &Path,
+    fstype: &str,
+    flags: libc::c_ulong,
+    data: &str,
+) -> io::Result<()> {
+    let s = cstr(source.as_os_str().as_bytes())?;
+    let t = cstr(target.as_os_str().as_bytes())?;
+    let f = cstr(fstype.as_bytes())?;
+    let d = cstr(data.as_bytes())?;
+    // SAFETY: valid C strings for the call.
+    let r = unsafe {
+        libc::mount(
+            s.as_ptr(),
+            t.as_ptr(),
+            f.as_ptr(),
+            flags,
+            if data.is_empty() {
+                std::ptr::null()
+            } else {
+                d.as_ptr().cast()
+            },
+        )
+    };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// A mount; dropping it unmounts it.
 pub struct Mount {
     target: PathBuf,
@@ -60,8 +93,8 @@ pub struct Mount {
 }
 
 impl Mount {
-    /// `mount(source, target, fstype, flags, data)`. `target` may be a
-    /// `/proc/self/fd/N` path of an opened directory (see `GuestRoot`).
+    /// Mounts (see [`mount`]) and remembers `shown_as`, the host path the
+    /// mount is unmounted by.
     pub fn new(
         source: &Path,
         target: &Path,
@@ -70,27 +103,7 @@ impl Mount {
         data: &str,
         shown_as: &Path,
     ) -> io::Result<Self> {
-        let s = cstr(source.as_os_str().as_bytes())?;
-        let t = cstr(target.as_os_str().as_bytes())?;
-        let f = cstr(fstype.as_bytes())?;
-        let d = cstr(data.as_bytes())?;
-        // SAFETY: valid C strings for the call.
-        let r = unsafe {
-            libc::mount(
-                s.as_ptr(),
-                t.as_ptr(),
-                f.as_ptr(),
-                flags,
-                if data.is_empty() {
-                    std::ptr::null()
-                } else {
-                    d.as_ptr().cast()
-                },
-            )
-        };
-        if r != 0 {
-            return Err(io::Error::last_os_error());
-        }
+        mount(source, target, fstype, flags, data)?;
         Ok(Self {
             target: shown_as.to_path_buf(),
             active: true,

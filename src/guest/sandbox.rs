@@ -112,30 +112,9 @@ fn mount_on(
     flags: libc::c_ulong,
     data: &str,
 ) -> io::Result<()> {
-    let target = format!("/proc/self/fd/{}", fd.as_raw_fd());
-    let (s, t, f, d) = (
-        c(src.as_bytes())?,
-        c(target.as_bytes())?,
-        c(fstype.as_bytes())?,
-        c(data.as_bytes())?,
-    );
-    // SAFETY: valid C strings.
-    check(
-        unsafe {
-            libc::mount(
-                s.as_ptr(),
-                t.as_ptr(),
-                f.as_ptr(),
-                flags,
-                if data.is_empty() {
-                    std::ptr::null()
-                } else {
-                    d.as_ptr().cast()
-                },
-            )
-        },
-        &format!("mount {fstype} on {src}"),
-    )
+    let target = PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()));
+    super::mount::mount(Path::new(src), &target, fstype, flags, data)
+        .map_err(|e| io::Error::new(e.kind(), format!("mount {fstype} on {src}: {e}")))
 }
 
 /// Inside the namespaces (PID 1 of the new PID namespace): set up the
