@@ -57,30 +57,6 @@ fn fixtures() -> Option<&'static Path> {
     .as_deref()
 }
 
-/// A read-only loop device over part of an image; detached on drop.
-struct Loop(String);
-impl Loop {
-    fn new(img: &Path, off: u64, size: u64) -> Loop {
-        let o = ok(Command::new("losetup")
-            .args([
-                "-r",
-                "-f",
-                "--show",
-                "--offset",
-                &off.to_string(),
-                "--sizelimit",
-                &size.to_string(),
-            ])
-            .arg(img));
-        Loop(String::from_utf8_lossy(&o.stdout).trim().to_string())
-    }
-}
-impl Drop for Loop {
-    fn drop(&mut self) {
-        let _ = Command::new("losetup").arg("-d").arg(&self.0).status();
-    }
-}
-
 /// A read-only mount; unmounted on drop.
 struct Mount(PathBuf);
 impl Mount {

@@ -36,17 +36,20 @@ fn make_image(recipe: &str, out: &Path) {
         .arg(out));
 }
 
-/// A read-only mount of one partition, undone on drop.
+/// A mount of one partition (read-only unless `opts` says otherwise), undone on drop.
 struct Ro {
     dir: tempfile::TempDir,
 }
 
 impl Ro {
-    fn new(img: &Path, (off, size): (u64, u64)) -> Self {
+    fn new(img: &Path, range: (u64, u64)) -> Self {
+        Self::with(img, range, "ro,noload")
+    }
+    fn with(img: &Path, (off, size): (u64, u64), opts: &str) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         ok(Command::new("mount")
             .arg("-o")
-            .arg(format!("ro,loop,noload,offset={off},sizelimit={size}"))
+            .arg(format!("{opts},loop,offset={off},sizelimit={size}"))
             .arg(img)
             .arg(dir.path()));
         Self { dir }
@@ -102,26 +105,26 @@ fn file_size(img: &Path, guest: &str) -> Option<u64> {
 }
 
 fn fsck_clean(img: &Path) {
-    for (off, size) in [BOOT, ROOT] {
-        let lo = ok(Command::new("losetup")
-            .args([
-                "-r",
-                "-f",
-                "--show",
-                "--offset",
-                &off.to_string(),
-                "--sizelimit",
-                &size.to_string(),
-            ])
-            .arg(img));
-        let dev = String::from_utf8_lossy(&lo.stdout).trim().to_string();
-        let out = run(Command::new("e2fsck").args(["-fn", &dev]));
-        let _ = Command::new("losetup").args(["-d", &dev]).status();
+    for part in [BOOT, ROOT] {
+        fs_check(img, part, &["e2fsck", "-fn"]);
+    }
+}
+
+/// Each of `deleted` was there before and is gone; each of `kept` is there after.
+fn assert_cleaned(
+    before: &BTreeSet<String>,
+    after: &BTreeSet<String>,
+    deleted: &[&str],
+    kept: &[&str],
+) {
+    for p in deleted {
         assert!(
-            out.status.success(),
-            "e2fsck -fn at offset {off} failed:\n{}",
-            String::from_utf8_lossy(&out.stdout)
+            before.contains(*p) && !after.contains(*p),
+            "{p} should be deleted"
         );
+    }
+    for p in kept {
+        assert!(after.contains(*p), "{p} should be kept");
     }
 }
 
@@ -188,71 +191,70 @@ fn rpm_guest_profiles() {
         .arg(&img));
     let v = json(&out);
     let after = listing(&img);
-    let gone: BTreeSet<&String> = before.difference(&after).collect();
-    for p in [
-        "/var/cache/dnf/fedora-2d95c80a1fa0a67d",
-        "/var/cache/dnf/fedora.solv",
-        "/var/cache/dnf/packages.db",
-        "/var/cache/yum/x86_64",
-        "/var/log/messages-20261101",
-        "/var/log/secure-20261101",
-        "/var/log/audit/audit.log.1",
-        "/var/log/journal/5f2b6c1e0d9a4c3bb2f1e8d7c6b5a493/system.journal",
-        "/tmp/build.log",
-        "/tmp/.hidden-lock",
-        "/tmp/pkgbuild",
-        "/var/tmp/cache.bin",
-        "/etc/ssh/ssh_host_rsa_key",
-        "/etc/ssh/ssh_host_ed25519_key.pub",
-        "/root/.bash_history",
-        "/home/alice/.python_history",
-        "/home/alice/.viminfo",
-        "/root/.cache/pip",
-        "/home/alice/.cache/pip",
-        "/root/.npm/_cacache",
-        "/home/alice/.cache/yarn",
-        "/var/lib/cloud/instances",
-        "/var/log/cloud-init.log",
-        "/usr/share/doc/bash/README",
-        "/usr/share/man/man1/bash.1.gz",
-        "/usr/share/locale/de",
-        "/usr/share/locale/fr",
-        "/usr/lib/locale/de_DE.utf8",
-        "/usr/lib/python3.11/site-packages/requests/__pycache__",
-    ] {
-        assert!(gone.contains(&p.to_string()), "{p} should be deleted");
-    }
-    for p in [
-        "/usr/lib/sysimage/rpm/rpmdb.sqlite",
-        "/var/lib/rpm",
-        "/var/cache/dnf",
-        "/var/log/messages",
-        "/var/log/secure",
-        "/var/log/audit/audit.log",
-        "/var/log/dnf.log",
-        "/var/log/journal/5f2b6c1e0d9a4c3bb2f1e8d7c6b5a493",
-        "/etc/machine-id",
-        "/etc/ssh/sshd_config",
-        "/home/alice/notes.txt",
-        "/home/alice/.npm/keep-me.json",
-        "/var/lib/cloud/seed/nocloud/meta-data",
-        "/usr/share/doc/bash/copyright",
-        "/usr/share/doc/bash/COPYING",
-        "/usr/share/locale/en_GB/LC_MESSAGES/bash.mo",
-        "/usr/share/locale/locale.alias",
-        "/usr/lib/locale/C.utf8/LC_CTYPE",
-        "/usr/lib/python3.11/site-packages/requests/api.py",
-        // The guest has no rpm binary here: kernels are left alone, never deleted as files.
-        "/boot/vmlinuz-6.8.5-301.fc40.x86_64",
-        "/boot/vmlinuz-6.10.3-200.fc40.x86_64",
-        "/usr/lib/modules/6.8.5-301.fc40.x86_64/kernel/fs/ext4/ext4.ko.xz",
-        "/etc/systemd/system/vmfinal-ssh-hostkeys.service",
-        "/etc/systemd/system/multi-user.target.wants/vmfinal-ssh-hostkeys.service",
-        "/tmp",
-        "/var/tmp",
-    ] {
-        assert!(after.contains(p), "{p} should be kept");
-    }
+    assert_cleaned(
+        &before,
+        &after,
+        &[
+            "/var/cache/dnf/fedora-2d95c80a1fa0a67d",
+            "/var/cache/dnf/fedora.solv",
+            "/var/cache/dnf/packages.db",
+            "/var/cache/yum/x86_64",
+            "/var/log/messages-20261101",
+            "/var/log/secure-20261101",
+            "/var/log/audit/audit.log.1",
+            "/var/log/journal/5f2b6c1e0d9a4c3bb2f1e8d7c6b5a493/system.journal",
+            "/tmp/build.log",
+            "/tmp/.hidden-lock",
+            "/tmp/pkgbuild",
+            "/var/tmp/cache.bin",
+            "/etc/ssh/ssh_host_rsa_key",
+            "/etc/ssh/ssh_host_ed25519_key.pub",
+            "/root/.bash_history",
+            "/home/alice/.python_history",
+            "/home/alice/.viminfo",
+            "/root/.cache/pip",
+            "/home/alice/.cache/pip",
+            "/root/.npm/_cacache",
+            "/home/alice/.cache/yarn",
+            "/var/lib/cloud/instances",
+            "/var/log/cloud-init.log",
+            "/usr/share/doc/bash/README",
+            "/usr/share/man/man1/bash.1.gz",
+            "/usr/share/locale/de",
+            "/usr/share/locale/fr",
+            "/usr/lib/locale/de_DE.utf8",
+            "/usr/lib/python3.11/site-packages/requests/__pycache__",
+        ],
+        &[
+            "/usr/lib/sysimage/rpm/rpmdb.sqlite",
+            "/var/lib/rpm",
+            "/var/cache/dnf",
+            "/var/log/messages",
+            "/var/log/secure",
+            "/var/log/audit/audit.log",
+            "/var/log/dnf.log",
+            "/var/log/journal/5f2b6c1e0d9a4c3bb2f1e8d7c6b5a493",
+            "/etc/machine-id",
+            "/etc/ssh/sshd_config",
+            "/home/alice/notes.txt",
+            "/home/alice/.npm/keep-me.json",
+            "/var/lib/cloud/seed/nocloud/meta-data",
+            "/usr/share/doc/bash/copyright",
+            "/usr/share/doc/bash/COPYING",
+            "/usr/share/locale/en_GB/LC_MESSAGES/bash.mo",
+            "/usr/share/locale/locale.alias",
+            "/usr/lib/locale/C.utf8/LC_CTYPE",
+            "/usr/lib/python3.11/site-packages/requests/api.py",
+            // The guest has no rpm binary here: kernels are left alone, never deleted as files.
+            "/boot/vmlinuz-6.8.5-301.fc40.x86_64",
+            "/boot/vmlinuz-6.10.3-200.fc40.x86_64",
+            "/usr/lib/modules/6.8.5-301.fc40.x86_64/kernel/fs/ext4/ext4.ko.xz",
+            "/etc/systemd/system/vmfinal-ssh-hostkeys.service",
+            "/etc/systemd/system/multi-user.target.wants/vmfinal-ssh-hostkeys.service",
+            "/tmp",
+            "/var/tmp",
+        ],
+    );
     for p in [
         "/etc/machine-id",
         "/var/log/messages",
@@ -286,32 +288,31 @@ fn alpine_guest_profiles() {
     let before = listing(&img);
     ok(vmfinal().args(["clean", "-q"]).arg(&img));
     let after = listing(&img);
-    let gone: BTreeSet<&String> = before.difference(&after).collect();
-    for p in [
-        "/var/cache/apk/APKINDEX.66df3b4f.tar.gz",
-        "/var/cache/apk/openssh-9.7_p1-r4.1a2b3c4d.apk",
-        "/var/cache/apk/busybox-1.36.1-r29.5e6f7a8b.apk",
-        "/var/log/messages.0",
-        "/root/.ash_history",
-        "/etc/ssh/ssh_host_ed25519_key",
-        "/tmp/apk-build.log",
-    ] {
-        assert!(gone.contains(&p.to_string()), "{p} should be deleted");
-    }
-    for p in [
-        "/lib/apk/db/installed",
-        "/etc/apk/world",
-        "/etc/apk/cache",
-        "/var/cache/apk",
-        "/var/log/messages",
-        "/var/log/dmesg",
-        "/boot/vmlinuz-virt",
-        "/boot/initramfs-virt",
-        "/lib/modules/6.6.58-0-virt/kernel/fs/ext4/ext4.ko.gz",
-        "/bin/busybox",
-    ] {
-        assert!(after.contains(p), "{p} should be kept");
-    }
+    assert_cleaned(
+        &before,
+        &after,
+        &[
+            "/var/cache/apk/APKINDEX.66df3b4f.tar.gz",
+            "/var/cache/apk/openssh-9.7_p1-r4.1a2b3c4d.apk",
+            "/var/cache/apk/busybox-1.36.1-r29.5e6f7a8b.apk",
+            "/var/log/messages.0",
+            "/root/.ash_history",
+            "/etc/ssh/ssh_host_ed25519_key",
+            "/tmp/apk-build.log",
+        ],
+        &[
+            "/lib/apk/db/installed",
+            "/etc/apk/world",
+            "/etc/apk/cache",
+            "/var/cache/apk",
+            "/var/log/messages",
+            "/var/log/dmesg",
+            "/boot/vmlinuz-virt",
+            "/boot/initramfs-virt",
+            "/lib/modules/6.6.58-0-virt/kernel/fs/ext4/ext4.ko.gz",
+            "/bin/busybox",
+        ],
+    );
     // No systemd: no first-boot unit (Alpine's sshd init makes missing keys).
     assert!(!after.contains("/etc/systemd/system/vmfinal-ssh-hostkeys.service"));
     assert_eq!(file_size(&img, "/var/log/messages"), Some(0));
@@ -709,40 +710,22 @@ fn make_fs_image(layout: &str, out: &Path) {
 
 /// Runs `check` (argv) on the partition at (offset, size) through a read-only loop device.
 fn fs_check(img: &Path, (off, size): (u64, u64), check: &[&str]) {
-    let lo = ok(Command::new("losetup")
-        .args([
-            "-r",
-            "-f",
-            "--show",
-            "--offset",
-            &off.to_string(),
-            "--sizelimit",
-            &size.to_string(),
-        ])
-        .arg(img));
-    let dev = String::from_utf8_lossy(&lo.stdout).trim().to_string();
-    let out = run(Command::new(check[0]).args(&check[1..]).arg(&dev));
-    let _ = Command::new("losetup").args(["-d", &dev]).status();
+    let lo = Loop::new(img, off, size);
+    let out = run(Command::new(check[0]).args(&check[1..]).arg(&lo.0));
     assert!(
         out.status.success(),
-        "{check:?} failed:\n{}{}",
+        "{check:?} at offset {off} failed:\n{}{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
 }
 
 /// Used bytes (df) of the filesystem at (offset, size), mounted with `opts`.
-fn df_used(img: &Path, (off, size): (u64, u64), opts: &str) -> u64 {
-    let mnt = tempfile::tempdir().unwrap();
-    ok(Command::new("mount")
-        .arg("-o")
-        .arg(format!("{opts},loop,offset={off},sizelimit={size}"))
-        .arg(img)
-        .arg(mnt.path()));
+fn df_used(img: &Path, range: (u64, u64), opts: &str) -> u64 {
+    let m = Ro::with(img, range, opts);
     let o = run(Command::new("df")
         .args(["-B1", "--output=used"])
-        .arg(mnt.path()));
-    let _ = Command::new("umount").arg(mnt.path()).status();
+        .arg(m.path()));
     String::from_utf8_lossy(&o.stdout)
         .lines()
         .last()
@@ -781,18 +764,14 @@ fn btrfs_root_in_a_subvolume() {
             .any(|p| p == "/var/cache/apt/archives/bash_5.2.15-2+b7_amd64.deb")
     );
     let (off, size) = part_range(&img, 0);
-    let mnt = tempfile::tempdir().unwrap();
-    ok(Command::new("mount")
-        .arg("-o")
-        .arg(format!("ro,loop,offset={off},sizelimit={size},subvol=@"))
-        .arg(&img)
-        .arg(mnt.path()));
-    let gone = !mnt
-        .path()
-        .join("var/cache/apt/archives/bash_5.2.15-2+b7_amd64.deb")
-        .exists();
-    let kept = mnt.path().join("etc/fstab").exists();
-    let _ = Command::new("umount").arg(mnt.path()).status();
+    let (gone, kept) = {
+        let m = Ro::with(&img, (off, size), "ro,subvol=@");
+        let deb = "var/cache/apt/archives/bash_5.2.15-2+b7_amd64.deb";
+        (
+            !m.path().join(deb).exists(),
+            m.path().join("etc/fstab").exists(),
+        )
+    };
     assert!(gone && kept, "btrfs guest not cleaned as planned");
     fs_check(&img, (off, size), &["btrfs", "check", "--readonly"]);
     no_leftovers(d.path());
@@ -827,21 +806,14 @@ fn xfs_var_mounted_by_label() {
         "planned {f} vs df {m}"
     );
     let var = part_range(&img, 1);
-    let mnt = tempfile::tempdir().unwrap();
-    ok(Command::new("mount")
-        .arg("-o")
-        .arg(format!(
-            "ro,loop,nouuid,offset={},sizelimit={}",
-            var.0, var.1
-        ))
-        .arg(&img)
-        .arg(mnt.path()));
-    let gone = !mnt
-        .path()
-        .join("cache/apt/archives/libc6_2.36-9+deb12u9_amd64.deb")
-        .exists();
-    let kept = mnt.path().join("lib/dpkg/status").exists();
-    let _ = Command::new("umount").arg(mnt.path()).status();
+    let (gone, kept) = {
+        let m = Ro::with(&img, var, "ro,nouuid");
+        let deb = "cache/apt/archives/libc6_2.36-9+deb12u9_amd64.deb";
+        (
+            !m.path().join(deb).exists(),
+            m.path().join("lib/dpkg/status").exists(),
+        )
+    };
     assert!(gone && kept, "xfs /var not cleaned as planned");
     fs_check(&img, var, &["xfs_repair", "-n"]);
     fs_check(&img, part_range(&img, 0), &["e2fsck", "-fn"]);

@@ -137,3 +137,27 @@ pub fn allocated(path: &Path) -> u64 {
     use std::os::unix::fs::MetadataExt;
     std::fs::metadata(path).expect("metadata").blocks() * 512
 }
+
+/// A read-only loop device over part of an image; detached on drop.
+pub struct Loop(pub String);
+impl Loop {
+    pub fn new(img: &Path, off: u64, size: u64) -> Loop {
+        let o = ok(Command::new("losetup")
+            .args([
+                "-r",
+                "-f",
+                "--show",
+                "--offset",
+                &off.to_string(),
+                "--sizelimit",
+                &size.to_string(),
+            ])
+            .arg(img));
+        Loop(String::from_utf8_lossy(&o.stdout).trim().to_string())
+    }
+}
+impl Drop for Loop {
+    fn drop(&mut self) {
+        let _ = Command::new("losetup").arg("-d").arg(&self.0).status();
+    }
+}
