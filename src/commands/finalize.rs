@@ -128,27 +128,39 @@ pub fn run(a: &FinalizeArgs) -> anyhow::Result<super::ExitCode> {
     for (k, v) in &guest.stages {
         stages.insert(k.clone(), *v);
     }
+    let json_doc = |artifact: Option<serde_json::Value>,
+                    stages: &std::collections::BTreeMap<String, f64>| {
+        let mut v = serde_json::json!({
+            "schema_version": crate::report::JSON_SCHEMA_VERSION,
+            "command": "finalize",
+            "dry_run": artifact.is_none(),
+            "input": {"path": a.input, "format": in_fmt, "allocated_bytes": in_alloc},
+            "guest": guest,
+            "stages": stages,
+        });
+        if let (Some(art), Some(o)) = (artifact, v.as_object_mut()) {
+            let alloc = art["input"]["allocated_bytes"].as_u64().unwrap_or(0);
+            let free = art["fs_free_skipped"].as_u64().unwrap_or(0);
+            o.insert("workspace_allocated_bytes".into(), alloc.into());
+            o.insert(
+                "cleaned_data_bytes".into(),
+                alloc.saturating_sub(free).into(),
+            );
+            o.insert("artifact".into(), art);
+        }
+        v
+    };
     if a.guest.dry_run {
         if a.out.json {
-            let v = serde_json::json!({
-                "schema_version": crate::report::JSON_SCHEMA_VERSION,
-                "command": "finalize",
-                "dry_run": true,
-                "input": {"path": a.input, "format": in_fmt, "allocated_bytes": in_alloc},
-                "guest": guest,
-                "stages": stages,
-            });
-            println!("{}", serde_json::to_string_pretty(&v)?);
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&json_doc(None, &stages))?
+            );
         } else {
             session::print_human(&guest, true);
         }
         return Ok(0);
     }
-    let ws_alloc = image::open(&ws.path, Some(ImageFormat::Raw))
-        .and_then(|s| s.data_extents())
-        .map(|e| crate::extent::total(&crate::extent::normalize(e)))
-        .unwrap_or(0);
-
     // Compact.
     crate::interrupt::checkpoint("compact")?;
     let t = Instant::now();
@@ -157,17 +169,23 @@ pub fn run(a: &FinalizeArgs) -> anyhow::Result<super::ExitCode> {
     req.fs_aware = true;
     state.add_file(&crate::output::temp_path_for(&req.output))?;
     let report = convert::convert(&req)?;
+    // What the cleaned guest still holds: the workspace's allocated bytes
+    // minus the filesystems' free space (which compaction skipped).
+    let cleaned = report
+        .input
+        .allocated_bytes
+        .saturating_sub(report.fs_free_skipped);
     stages.insert("compact".to_string(), t.elapsed().as_secs_f64());
     let extra = serde_json::json!({
         "input": a.input,
         "input_format": in_fmt,
         "input_allocated_bytes": in_alloc,
-        "cleaned_allocated_bytes": ws_alloc,
+        "cleaned_data_bytes": cleaned,
         "freed_bytes": guest.freed_bytes,
         "profiles": guest.profiles.iter().filter(|p| p.applicable).map(|p| p.name.clone()).collect::<Vec<_>>(),
         "total_seconds": t0.elapsed().as_secs_f64(),
     });
-    if a.keep_workspace && ws.remove {
+    if a.keep_workspace && ws.path != a.input {
         eprintln!("vmfinal: workspace kept: {}", ws.path.display());
     }
     drop(ws);
@@ -180,16 +198,7 @@ pub fn run(a: &FinalizeArgs) -> anyhow::Result<super::ExitCode> {
     super::compact::publish(&report, "finalize", &quiet_out, extra)?;
     stages.insert("total".to_string(), t0.elapsed().as_secs_f64());
     if a.out.json {
-        let v = serde_json::json!({
-            "schema_version": crate::report::JSON_SCHEMA_VERSION,
-            "command": "finalize",
-            "dry_run": false,
-            "input": {"path": a.input, "format": in_fmt, "allocated_bytes": in_alloc},
-            "workspace_allocated_bytes": ws_alloc,
-            "guest": guest,
-            "artifact": report.to_json("finalize"),
-            "stages": stages,
-        });
+        let v = json_doc(Some(report.to_json("finalize")), &stages);
         println!("{}", serde_json::to_string_pretty(&v)?);
     } else if !a.out.quiet {
         session::print_human(&guest, false);
@@ -197,9 +206,9 @@ pub fn run(a: &FinalizeArgs) -> anyhow::Result<super::ExitCode> {
             eprintln!("vmfinal: warning: {w}");
         }
         eprintln!(
-            "image: {} allocated -> {} after cleaning -> {} {} artifact {}",
+            "image: {} allocated -> {} in use after cleaning -> {} {} artifact {}",
             crate::report::human_bytes(in_alloc),
-            crate::report::human_bytes(ws_alloc),
+            crate::report::human_bytes(cleaned),
             crate::report::human_bytes(report.output.bytes),
             report.output.format,
             report.output.path.display()
