@@ -59,8 +59,6 @@ fn zero_info() -> LoopInfo64 {
 pub struct LoopDevice {
     path: PathBuf,
     file: File,
-    pub offset: u64,
-    pub size: u64,
 }
 
 impl LoopDevice {
@@ -106,12 +104,7 @@ impl LoopDevice {
             let r =
                 unsafe { libc::ioctl(dev.as_raw_fd(), LOOP_CONFIGURE, &cfg as *const LoopConfig) };
             if r == 0 {
-                return Ok(Self {
-                    path,
-                    file: dev,
-                    offset,
-                    size,
-                });
+                return Ok(Self { path, file: dev });
             }
             let e = io::Error::last_os_error();
             match e.raw_os_error() {
@@ -139,12 +132,7 @@ impl LoopDevice {
                         unsafe { libc::ioctl(dev.as_raw_fd(), LOOP_CLR_FD, 0) };
                         return Err(e);
                     }
-                    return Ok(Self {
-                        path,
-                        file: dev,
-                        offset,
-                        size,
-                    });
+                    return Ok(Self { path, file: dev });
                 }
                 _ => return Err(e),
             }

@@ -147,7 +147,6 @@ pub struct Guest {
     pub mounted: Vec<Mounted>,
     pub parts: Vec<PartInfo>,
     pub warnings: Vec<String>,
-    pub read_only: bool,
 }
 
 impl Drop for Guest {
@@ -340,7 +339,6 @@ impl Guest {
             mounted: Vec::new(),
             parts: parts.clone(),
             warnings: Vec::new(),
-            read_only,
         };
         let mountable: Vec<&PartInfo> = parts
             .iter()

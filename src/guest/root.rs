@@ -21,7 +21,6 @@ pub struct Stat {
     pub size: u64,
     /// Allocated bytes (st_blocks × 512).
     pub allocated: u64,
-    pub mtime: i64,
 }
 
 impl Stat {
@@ -42,7 +41,6 @@ impl Stat {
             nlink: st.st_nlink,
             size: st.st_size as u64,
             allocated: (st.st_blocks as u64).saturating_mul(512),
-            mtime: st.st_mtime,
         }
     }
 }
@@ -161,11 +159,6 @@ impl GuestRoot {
             fd,
             host: host.to_owned(),
         })
-    }
-
-    /// Where the guest root is mounted on the host.
-    pub fn host_path(&self) -> &Path {
-        &self.host
     }
 
     pub fn fd(&self) -> RawFd {
