@@ -12,7 +12,8 @@
 #   6. print sizes and times.
 #
 #   scripts/e2e.sh [--workdir DIR] [--keep]
-# Needs root, KVM not required (TCG). Takes about 8-12 minutes on 2 cores.
+# Needs root; KVM not required (TCG). Three TCG boots of 45-75 s each dominate;
+# on a fresh machine the image build adds about 2 minutes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 workdir=/var/tmp
