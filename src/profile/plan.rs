@@ -180,6 +180,14 @@ pub fn find(root: &GuestRoot, g: &Glob) -> Vec<Entry> {
     out
 }
 
+/// Entries any of `globs` matches, sorted by path, unique.
+fn find_all(root: &GuestRoot, globs: &[Glob]) -> Vec<Entry> {
+    let mut out: Vec<Entry> = globs.iter().flat_map(|g| find(root, g)).collect();
+    out.sort_by(|a, b| a.path.cmp(&b.path));
+    out.dedup_by(|a, b| a.path == b.path);
+    out
+}
+
 fn walk(dirfd: &OwnedFd, dir: &Path, segs: &[Segment], out: &mut Vec<Entry>) {
     let Some(seg) = segs.first() else { return };
     let last = segs.len() == 1;
@@ -401,12 +409,7 @@ pub fn plan_profile(ctx: &Ctx, p: &Profile, claims: &mut Claims) -> Result<Profi
         match &step.action {
             Action::Delete(g) | Action::EmptyDir(g) => {
                 let empty = matches!(step.action, Action::EmptyDir(_));
-                let mut matches: Vec<Entry> = Vec::new();
-                for gl in globs(g, &p.vars)? {
-                    matches.extend(find(ctx.root, &gl));
-                }
-                matches.sort_by(|a, b| a.path.cmp(&b.path));
-                matches.dedup_by(|a, b| a.path == b.path);
+                let matches = find_all(ctx.root, &globs(g, &p.vars)?);
                 let mut local = Claims::default();
                 for m in matches {
                     if claims.covers(&m.path) || local.covers(&m.path) || kept(&m.path, &excepts) {
@@ -450,12 +453,7 @@ pub fn plan_profile(ctx: &Ctx, p: &Profile, claims: &mut Claims) -> Result<Profi
                 }
             }
             Action::Truncate(g) => {
-                let mut matches: Vec<Entry> = Vec::new();
-                for gl in globs(g, &p.vars)? {
-                    matches.extend(find(ctx.root, &gl));
-                }
-                matches.sort_by(|a, b| a.path.cmp(&b.path));
-                matches.dedup_by(|a, b| a.path == b.path);
+                let matches = find_all(ctx.root, &globs(g, &p.vars)?);
                 for m in matches {
                     if !m.stat.is_file() || m.stat.size == 0 && m.stat.allocated == 0 {
                         continue;
