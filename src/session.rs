@@ -165,10 +165,11 @@ pub fn run_guest(
         root: dir.clone(),
         devices: g.devices(),
     };
+    // A dry run runs no guest binary: planning reads the guest's files only.
     let ctx = Ctx {
         root: &g.root,
         allow_run: args.allow_run,
-        sandbox: Some(&sandbox),
+        sandbox: if args.dry_run { None } else { Some(&sandbox) },
     };
     let t = Instant::now();
     let mut plans = plan::plan_all(&ctx, profiles).map_err(|e| anyhow::anyhow!(e))?;

@@ -9,13 +9,23 @@
 //! (dpkg's `.list`), `/lib/modules/KVER` and `/boot/*-KVER`. After the
 //! package manager ran, whatever of that list is left (generated files no
 //! package owns) is swept.
+//!
+//! Planning runs no guest binary for dpkg: it reads `/var/lib/dpkg/status`
+//! and the `.list` files. rpm's database has three on-disk formats (sqlite,
+//! Berkeley DB, ndb) that only the guest's rpm reads soundly, so rpm kernels
+//! are planned by `rpm -q` in the sandbox during a real run, and a dry run
+//! (which runs nothing from the guest) says they are not planned.
+//!
+//! Removal runs one package-manager call per kernel version, and checks for
+//! Ctrl-C between calls: a call is never interrupted (the sandbox has its
+//! own process group), so dpkg is never stopped in the middle of a package.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
-use super::plan::{Ctx, Sandbox};
+use super::plan::{Ctx, OUTPUT_CUT, Sandbox};
 use super::version;
 use crate::guest::root::{self, GuestRoot, Stat};
 
@@ -30,6 +40,9 @@ pub struct KernelPlan {
     pub backend: Backend,
     /// Packages to remove (kernel images and their per-version companions).
     pub purge: Vec<String>,
+    /// The same, one group per kernel version (KVER, packages): one
+    /// package-manager call each.
+    pub groups: Vec<(String, Vec<String>)>,
     /// Kernel packages kept.
     pub keep: Vec<String>,
     /// Files and directories that go (files first, then directories deepest first).
@@ -141,7 +154,13 @@ impl Trees {
     /// after the version (`vmlinuz-KVER`, `initramfs-KVER.img`, ...).
     fn add_version(&mut self, root: &GuestRoot, kver: &str, prefixes: &[&str]) {
         for p in prefixes {
-            collect_tree(root, &format!("{p}{kver}"), &mut self.files, &mut self.dirs);
+            collect_tree(
+                root,
+                &format!("{p}{kver}"),
+                &mut self.files,
+                &mut self.dirs,
+                0,
+            );
         }
         let Ok(fd) = root.open_dir(b"/boot") else {
             return;
@@ -150,7 +169,13 @@ impl Trees {
         for name in root::list_dir(fd.as_raw_fd()).unwrap_or_default() {
             let n = name.to_string_lossy();
             if n.ends_with(&end) || n.contains(&mid) {
-                collect_tree(root, &format!("/boot/{n}"), &mut self.files, &mut self.dirs);
+                collect_tree(
+                    root,
+                    &format!("/boot/{n}"),
+                    &mut self.files,
+                    &mut self.dirs,
+                    0,
+                );
             }
         }
     }
@@ -183,7 +208,12 @@ fn collect_tree(
     p: &str,
     files: &mut BTreeMap<PathBuf, Stat>,
     dirs: &mut BTreeMap<PathBuf, Stat>,
+    depth: usize,
 ) {
+    // Deeper than planning goes: left alone (and its ancestors stay).
+    if depth > super::plan::MAX_DEPTH {
+        return;
+    }
     let Some((path, st)) = canon(root, p) else {
         return;
     };
@@ -196,7 +226,7 @@ fn collect_tree(
     };
     for name in root::list_dir(fd.as_raw_fd()).unwrap_or_default() {
         let child = path.join(&name);
-        collect_tree(root, &child.to_string_lossy(), files, dirs);
+        collect_tree(root, &child.to_string_lossy(), files, dirs, depth + 1);
     }
     dirs.insert(path, st);
 }
@@ -246,6 +276,7 @@ fn plan_dpkg(root: &GuestRoot, keep: u32) -> Result<KernelPlan, String> {
     let mut plan = KernelPlan {
         backend: Backend::Dpkg,
         purge: Vec::new(),
+        groups: Vec::new(),
         keep: Vec::new(),
         paths: Vec::new(),
         sweep: Vec::new(),
@@ -308,6 +339,11 @@ fn plan_dpkg(root: &GuestRoot, keep: u32) -> Result<KernelPlan, String> {
             continue;
         }
         plan.purge.push(name.clone());
+        // Candidates come grouped by version (image, then companions).
+        match plan.groups.last_mut() {
+            Some((k, g)) if k == kver => g.push(name.clone()),
+            _ => plan.groups.push((kver.clone(), vec![name.clone()])),
+        }
         for l in list {
             if let Some((path, st)) = packaged_file(root, l) {
                 files.insert(path, st);
@@ -331,6 +367,7 @@ fn plan_rpm(ctx: &Ctx, keep: u32) -> Result<KernelPlan, String> {
     let mut plan = KernelPlan {
         backend: Backend::Rpm,
         purge: Vec::new(),
+        groups: Vec::new(),
         keep: Vec::new(),
         paths: Vec::new(),
         sweep: Vec::new(),
@@ -341,7 +378,10 @@ fn plan_rpm(ctx: &Ctx, keep: u32) -> Result<KernelPlan, String> {
         return Ok(plan);
     }
     let Some(sb) = ctx.sandbox else {
-        plan.note = Some("the rpm query needs the guest sandbox: kernels left alone".into());
+        plan.note = Some(
+            "rpm kernels are not planned without running rpm (a dry run runs no guest binary); a real run asks the guest's rpm"
+                .into(),
+        );
         return Ok(plan);
     };
     let (ok, out) = sb
@@ -412,17 +452,19 @@ fn plan_rpm(ctx: &Ctx, keep: u32) -> Result<KernelPlan, String> {
         names.extend(pkgs.iter().cloned());
         names.sort();
         names.dedup();
-        for n in &names {
-            let (_, fl) = sb
-                .run(&["rpm", "-ql", n])
-                .map_err(|e| format!("rpm -ql: {e}"))?;
-            for l in fl.lines().filter(|l| l.starts_with('/')) {
-                if let Some((p, st)) = packaged_file(ctx.root, l) {
-                    files.insert(p, st);
-                }
+        let mut argv = vec!["rpm", "-ql"];
+        argv.extend(names.iter().map(String::as_str));
+        let (_, fl) = sb.run(&argv).map_err(|e| format!("rpm -ql: {e}"))?;
+        if fl.starts_with(OUTPUT_CUT) {
+            return Err(format!("rpm -ql {kver}: the file list is too long to plan"));
+        }
+        for l in fl.lines().filter(|l| l.starts_with('/')) {
+            if let Some((p, st)) = packaged_file(ctx.root, l) {
+                files.insert(p, st);
             }
         }
-        plan.purge.extend(names);
+        plan.purge.extend(names.iter().cloned());
+        plan.groups.push((kver.clone(), names));
         trees.add_version(ctx.root, kver, &["/lib/modules/"]);
     }
     trees.finish(&mut plan, files);
@@ -451,19 +493,28 @@ pub fn execute(
     plan: &KernelPlan,
     failures: &mut Vec<String>,
 ) -> anyhow::Result<()> {
-    let mut argv: Vec<&str> = match plan.backend {
-        Backend::Dpkg => vec!["dpkg", "--purge"],
-        Backend::Rpm => vec!["rpm", "-e"],
-    };
-    argv.extend(plan.purge.iter().map(String::as_str));
-    let (ok, out) = sb.run(&argv)?;
-    if !ok {
-        let tail: Vec<&str> = out.lines().rev().take(3).collect();
-        anyhow::bail!(
-            "removing old kernels failed ({}): {}",
-            argv[..2].join(" "),
-            tail.into_iter().rev().collect::<Vec<_>>().join(" / ")
-        );
+    for (kver, group) in &plan.groups {
+        // Between calls, never during one: dpkg/rpm finish the package they
+        // are working on.
+        if crate::interrupt::requested() {
+            anyhow::bail!(crate::pipeline::PipelineError::Interrupted);
+        }
+        let mut argv: Vec<&str> = match plan.backend {
+            Backend::Dpkg => vec!["dpkg", "--purge"],
+            Backend::Rpm => vec!["rpm", "-e"],
+        };
+        argv.extend(group.iter().map(String::as_str));
+        let (ok, out) = sb.run(&argv)?;
+        if !ok {
+            anyhow::bail!(
+                "removing kernel {kver} failed ({}): {}",
+                argv[..2].join(" "),
+                super::plan::output_tail(&out, 3)
+            );
+        }
+    }
+    if crate::interrupt::requested() {
+        anyhow::bail!(crate::pipeline::PipelineError::Interrupted);
     }
     for p in &plan.sweep {
         if let Ok(st) = root.lstat(p.as_os_str().as_bytes()) {

@@ -119,8 +119,36 @@ pub struct Ctx<'a> {
 
 /// Runs a command inside the guest in fresh namespaces.
 pub trait Sandbox {
-    /// Runs `argv` chrooted into the guest; returns (status ok, combined output).
+    /// Runs `argv` chrooted into the guest; returns (status ok, combined
+    /// output). Output past a cap keeps its end and starts with `OUTPUT_CUT`.
     fn run(&self, argv: &[&str]) -> io::Result<(bool, String)>;
+}
+
+/// The first line of a sandbox output whose beginning was cut.
+pub const OUTPUT_CUT: &str = "[vmfinal: output cut]\n";
+
+/// The last `n` lines of guest output as one line, with control characters
+/// escaped (guest output must not drive the user's terminal).
+pub fn output_tail(out: &str, n: usize) -> String {
+    let lines: Vec<&str> = out.lines().filter(|l| !l.trim().is_empty()).collect();
+    let tail = &lines[lines.len().saturating_sub(n)..];
+    tail.iter()
+        .map(|l| printable(l))
+        .collect::<Vec<_>>()
+        .join(" / ")
+}
+
+/// `s` with control characters escaped.
+pub fn printable(s: &str) -> String {
+    let mut o = String::with_capacity(s.len());
+    for c in s.chars() {
+        if c.is_control() {
+            o.extend(c.escape_default());
+        } else {
+            o.push(c);
+        }
+    }
+    o
 }
 
 /// A matched entry.
@@ -135,6 +163,12 @@ fn join(dir: &Path, name: &OsStr) -> PathBuf {
     p.push(name);
     p
 }
+
+/// Deepest directory level below a glob's literal prefix that planning
+/// descends to (a guest's nesting must not exhaust the stack or the
+/// descriptor table); deeper entries are left alone, and their ancestors
+/// stay.
+pub const MAX_DEPTH: usize = 256;
 
 fn open_child_dir(dirfd: &OwnedFd, name: &[u8]) -> io::Result<OwnedFd> {
     root::openat2(
@@ -174,7 +208,7 @@ pub fn find(root: &GuestRoot, g: &Glob) -> Vec<Entry> {
     if canon != prefix && prefix.starts_with(&canon) {
         return out;
     }
-    walk(&fd, &canon, &g.segments[lit..], &mut out);
+    walk(&fd, &canon, &g.segments[lit..], &mut out, 0);
     out.sort_by(|a, b| a.path.cmp(&b.path));
     out.dedup_by(|a, b| a.path == b.path);
     out
@@ -188,8 +222,11 @@ fn find_all(root: &GuestRoot, globs: &[Glob]) -> Vec<Entry> {
     out
 }
 
-fn walk(dirfd: &OwnedFd, dir: &Path, segs: &[Segment], out: &mut Vec<Entry>) {
+fn walk(dirfd: &OwnedFd, dir: &Path, segs: &[Segment], out: &mut Vec<Entry>, depth: usize) {
     let Some(seg) = segs.first() else { return };
+    if depth > MAX_DEPTH {
+        return;
+    }
     let last = segs.len() == 1;
     let visit = |name: &OsStr, out: &mut Vec<Entry>| {
         let Ok(st) = root::lstat_at(dirfd.as_raw_fd(), name.as_bytes()) else {
@@ -200,7 +237,7 @@ fn walk(dirfd: &OwnedFd, dir: &Path, segs: &[Segment], out: &mut Vec<Entry>) {
             out.push(Entry { path, stat: st });
         } else if st.is_dir() {
             if let Ok(c) = open_child_dir(dirfd, name.as_bytes()) {
-                walk(&c, &path, &segs[1..], out);
+                walk(&c, &path, &segs[1..], out, depth + 1);
             }
         }
     };
@@ -215,17 +252,17 @@ fn walk(dirfd: &OwnedFd, dir: &Path, segs: &[Segment], out: &mut Vec<Entry>) {
         }
         Segment::AnyDirs => {
             if last {
-                descendants(dirfd, dir, out);
+                descendants(dirfd, dir, out, depth);
                 return;
             }
-            walk(dirfd, dir, &segs[1..], out);
+            walk(dirfd, dir, &segs[1..], out, depth);
             for name in root::list_dir(dirfd.as_raw_fd()).unwrap_or_default() {
                 let Ok(st) = root::lstat_at(dirfd.as_raw_fd(), name.as_bytes()) else {
                     continue;
                 };
                 if st.is_dir() {
                     if let Ok(c) = open_child_dir(dirfd, name.as_bytes()) {
-                        walk(&c, &join(dir, &name), segs, out);
+                        walk(&c, &join(dir, &name), segs, out, depth + 1);
                     }
                 }
             }
@@ -233,7 +270,10 @@ fn walk(dirfd: &OwnedFd, dir: &Path, segs: &[Segment], out: &mut Vec<Entry>) {
     }
 }
 
-fn descendants(dirfd: &OwnedFd, dir: &Path, out: &mut Vec<Entry>) {
+fn descendants(dirfd: &OwnedFd, dir: &Path, out: &mut Vec<Entry>, depth: usize) {
+    if depth > MAX_DEPTH {
+        return;
+    }
     for name in root::list_dir(dirfd.as_raw_fd()).unwrap_or_default() {
         let Ok(st) = root::lstat_at(dirfd.as_raw_fd(), name.as_bytes()) else {
             continue;
@@ -245,7 +285,7 @@ fn descendants(dirfd: &OwnedFd, dir: &Path, out: &mut Vec<Entry>) {
         });
         if st.is_dir() {
             if let Ok(c) = open_child_dir(dirfd, name.as_bytes()) {
-                descendants(&c, &path, out);
+                descendants(&c, &path, out, depth + 1);
             }
         }
     }
@@ -258,7 +298,7 @@ fn globs(
 ) -> Result<Vec<Glob>, String> {
     let mut out = Vec::new();
     for t in texts {
-        for e in schema::expand_vars(&t.0, vars) {
+        for e in schema::expand_vars(&t.0, vars)? {
             out.extend(glob::compile(&e)?);
         }
     }
@@ -308,7 +348,11 @@ fn plan_subtree(
     excepts: &[Glob],
     claims: &Claims,
     out: &mut Vec<(Op, PathBuf, Stat)>,
+    depth: usize,
 ) -> bool {
+    if depth > MAX_DEPTH {
+        return true;
+    }
     let Ok(fd) = root.open_dir_strict(dir.as_os_str().as_bytes()) else {
         return true;
     };
@@ -326,7 +370,7 @@ fn plan_subtree(
             continue;
         }
         if st.is_dir() {
-            let child_keeps = plan_subtree(root, &p, &st, excepts, claims, out);
+            let child_keeps = plan_subtree(root, &p, &st, excepts, claims, out, depth + 1);
             // A mount point (another filesystem) is emptied but stays.
             if child_keeps || st.dev != dir_stat.dev {
                 keeps = true;
@@ -423,7 +467,7 @@ pub fn plan_profile(ctx: &Ctx, p: &Profile, claims: &mut Claims) -> Result<Profi
                             ));
                             continue;
                         }
-                        plan_subtree(ctx.root, &m.path, &m.stat, &excepts, claims, &mut items);
+                        plan_subtree(ctx.root, &m.path, &m.stat, &excepts, claims, &mut items, 0);
                         local.add(&m.path);
                         continue;
                     }
@@ -433,8 +477,9 @@ pub fn plan_profile(ctx: &Ctx, p: &Profile, claims: &mut Claims) -> Result<Profi
                             .lstat(root::split(&m.path).0)
                             .map(|s| s.dev)
                             .unwrap_or(m.stat.dev);
-                        let keeps =
-                            plan_subtree(ctx.root, &m.path, &m.stat, &excepts, claims, &mut items);
+                        let keeps = plan_subtree(
+                            ctx.root, &m.path, &m.stat, &excepts, claims, &mut items, 0,
+                        );
                         if !keeps && parent_dev == m.stat.dev {
                             items.push((Op::Rmdir, m.path.clone(), m.stat));
                         }
@@ -469,10 +514,10 @@ pub fn plan_profile(ctx: &Ctx, p: &Profile, claims: &mut Claims) -> Result<Profi
                 let keep = match count {
                     Count::N(n) => *n,
                     Count::Var(v) => {
-                        let name = v.trim_start_matches("${").trim_end_matches('}');
-                        let val = p.vars.get(name).map(|x| x.values()).unwrap_or_default();
-                        val.first().and_then(|s| s.parse().ok()).ok_or_else(|| {
-                            format!("profile {}: {name} must be a whole number", p.name)
+                        let val = schema::expand_one(v, &p.vars)
+                            .map_err(|e| format!("profile {}: {e}", p.name))?;
+                        val.trim().parse().map_err(|_| {
+                            format!("profile {}: {v} ('{val}') must be a whole number", p.name)
                         })?
                     }
                 };
@@ -513,29 +558,25 @@ pub fn plan_profile(ctx: &Ctx, p: &Profile, claims: &mut Claims) -> Result<Profi
                 }
             }
             Action::Write(w) => {
-                let path = PathBuf::from(&w.path.0);
-                let mode = match &w.mode {
-                    None => 0o644,
-                    Some(m) => {
-                        u32::from_str_radix(m.text().trim_start_matches("0o"), 8).map_err(|_| {
-                            format!("profile {}: mode '{}' is not octal", p.name, m.text())
-                        })?
-                    }
-                };
+                let path = schema::expand_one(&w.path.0, &p.vars)
+                    .map_err(|e| format!("profile {}: {e}", p.name))?;
+                let mode = w.mode.unwrap_or(schema::FileMode::DEFAULT).0;
                 sp.actions.push(Planned {
                     op: Op::Write,
-                    path: w.path.0.clone(),
+                    path: path.clone(),
                     bytes: 0,
                 });
-                sp.write = Some((path, w.content.clone().into_bytes(), mode));
+                sp.write = Some((PathBuf::from(path), w.content.clone().into_bytes(), mode));
             }
             Action::Symlink(s) => {
+                let path = schema::expand_one(&s.path.0, &p.vars)
+                    .map_err(|e| format!("profile {}: {e}", p.name))?;
                 sp.actions.push(Planned {
                     op: Op::Symlink,
-                    path: s.path.0.clone(),
+                    path: path.clone(),
                     bytes: 0,
                 });
-                sp.link = Some((PathBuf::from(&s.path.0), s.target.clone().into_bytes()));
+                sp.link = Some((PathBuf::from(path), s.target.clone().into_bytes()));
             }
         }
         sp.actions.extend(price(items));
@@ -606,9 +647,10 @@ pub fn execute(ctx: &Ctx, plan: &mut ProfilePlan) -> anyhow::Result<()> {
             let (ok, output) = sb.run(&["/bin/sh", "-c", cmd])?;
             if !ok {
                 anyhow::bail!(
-                    "profile {}: run step failed: {cmd}: {}",
+                    "profile {}: run step failed: {}: {}",
                     plan.name,
-                    output.lines().last().unwrap_or("")
+                    printable(cmd),
+                    output_tail(&output, 3)
                 );
             }
         }
