@@ -19,7 +19,7 @@ SRC
 fi
 apt-get update -qq
 pkgs=(zstd e2fsprogs xfsprogs btrfs-progs zerofree fdisk gdisk parted rsync util-linux mount
-      attr acl time debootstrap python3 gcc make pkg-config dosfstools kmod
+      attr acl time debootstrap python3 gcc libc6-dev make pkg-config dosfstools kmod strace
       ca-certificates packer)
 apt-get install -y -qq --no-install-recommends "${pkgs[@]}" >/dev/null
 if [ "${VERSION_CODENAME:-}" = bookworm ]; then

@@ -9,12 +9,15 @@ Recipe lines (paths are guest paths; '#' starts a comment):
     text PATH CONTENT...             the rest of the line; '\\n' is a newline
     link PATH TARGET                 a symlink (TARGET kept verbatim)
     mode PATH MODE                   chmod (octal)
+    cc   PATH SOURCE                 SOURCE (C, relative to the recipe) built
+                                     statically with gcc: a guest program
     include RECIPE                   another recipe, relative to this one
 Random content is seeded by the path, so the same recipe gives the same bytes.
 """
 import os
 import random
 import shutil
+import subprocess
 import sys
 
 
@@ -47,6 +50,10 @@ def build(recipe, out):
             os.chmod(path, int(arg, 8), follow_symlinks=False)
             continue
         os.makedirs(os.path.dirname(path), exist_ok=True)
+        if kind == "cc":
+            src = os.path.join(base, arg)
+            subprocess.run(["gcc", "-static", "-O1", "-w", "-o", path, src], check=True)
+            continue
         if kind == "file":
             a = arg.split()
             nbytes = size(a[0])

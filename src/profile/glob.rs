@@ -36,14 +36,38 @@ pub struct Glob {
     pub segments: Vec<Segment>,
 }
 
+/// Longest pattern accepted, before and after expansion (PATH_MAX).
+pub const MAX_PATTERN: usize = 4096;
+/// Most alternatives `{a,b}` may expand one pattern to.
+pub const MAX_ALTERNATIVES: usize = 1024;
+/// Most `{` one pattern may hold (bounds the recursion).
+const MAX_BRACES: usize = 64;
+/// Most `**` components in one glob (each multiplies the walk).
+pub const MAX_ANY_DIRS: usize = 8;
+
 /// Expands `{a,b}` alternatives (nested allowed) into plain patterns.
 fn expand_braces(p: &str) -> Result<Vec<String>, String> {
+    if p.bytes().filter(|&c| c == b'{').count() > MAX_BRACES {
+        return Err(format!("glob '{p}': more than {MAX_BRACES} '{{'"));
+    }
+    let mut out = Vec::new();
+    expand_braces_into(p, &mut out)?;
+    Ok(out)
+}
+
+fn expand_braces_into(p: &str, out: &mut Vec<String>) -> Result<(), String> {
     let b = p.as_bytes();
     let Some(open) = b.iter().position(|&c| c == b'{') else {
         if b.contains(&b'}') {
             return Err(format!("glob '{p}': '}}' without '{{'"));
         }
-        return Ok(vec![p.to_string()]);
+        if out.len() >= MAX_ALTERNATIVES {
+            return Err(format!(
+                "glob '{p}': more than {MAX_ALTERNATIVES} alternatives"
+            ));
+        }
+        out.push(p.to_string());
+        return Ok(());
     };
     let mut depth = 0;
     let mut close = None;
@@ -66,12 +90,11 @@ fn expand_braces(p: &str) -> Result<Vec<String>, String> {
     let mut cuts = vec![open];
     cuts.extend(&commas);
     cuts.push(close);
-    let mut out = Vec::new();
     for w in cuts.windows(2) {
         let alt = format!("{}{}{}", &p[..open], &p[w[0] + 1..w[1]], &p[close + 1..]);
-        out.extend(expand_braces(&alt)?);
+        expand_braces_into(&alt, out)?;
     }
-    Ok(out)
+    Ok(())
 }
 
 fn compile_component(c: &str, whole: &str) -> Result<Segment, String> {
@@ -152,6 +175,12 @@ fn compile_component(c: &str, whole: &str) -> Result<Segment, String> {
 /// Compiles a pattern into one glob per brace alternative. Errors name the
 /// pattern and what is wrong with it.
 pub fn compile(p: &str) -> Result<Vec<Glob>, String> {
+    if p.len() > MAX_PATTERN {
+        return Err(format!(
+            "a glob of {} bytes is longer than {MAX_PATTERN}",
+            p.len()
+        ));
+    }
     let mut out = Vec::new();
     for alt in expand_braces(p)? {
         if !alt.starts_with('/') {
@@ -170,7 +199,17 @@ pub fn compile(p: &str) -> Result<Vec<Glob>, String> {
                     "glob '{p}': '.' and '..' components are not allowed"
                 ));
             }
-            segments.push(compile_component(c, p)?);
+            let seg = compile_component(c, p)?;
+            // `/**/**/` means the same as `/**/`.
+            if seg == Segment::AnyDirs && segments.last() == Some(&Segment::AnyDirs) {
+                continue;
+            }
+            segments.push(seg);
+        }
+        if segments.iter().filter(|s| **s == Segment::AnyDirs).count() > MAX_ANY_DIRS {
+            return Err(format!(
+                "glob '{p}': more than {MAX_ANY_DIRS} '**' components"
+            ));
         }
         if segments.is_empty() {
             return Err(format!("glob '{p}' names the guest root itself"));
@@ -253,31 +292,38 @@ impl Glob {
     }
 }
 
+/// Does `segs` match `comps` exactly? Dynamic programming over (segment,
+/// component), so `**` cannot make it exponential.
 fn match_segments(segs: &[Segment], comps: &[&[u8]]) -> bool {
-    match segs.first() {
-        None => comps.is_empty(),
-        // A trailing `**` means everything below, not the directory itself.
-        Some(Segment::AnyDirs) if segs.len() == 1 => !comps.is_empty(),
-        Some(Segment::AnyDirs) => {
-            (0..=comps.len()).any(|k| match_segments(&segs[1..], &comps[k..]))
+    let n = comps.len();
+    // next[j]: segs[i+1..] matches comps[j..].
+    let mut next = vec![false; n + 1];
+    next[n] = true;
+    for (i, s) in segs.iter().enumerate().rev() {
+        let mut cur = vec![false; n + 1];
+        for j in (0..=n).rev() {
+            cur[j] = match s {
+                // A trailing `**` means everything below, not the directory itself.
+                Segment::AnyDirs if i == segs.len() - 1 => j < n,
+                Segment::AnyDirs => next[j] || (j < n && cur[j + 1]),
+                s => j < n && segment_matches(s, comps[j]) && next[j + 1],
+            };
         }
-        Some(s) => {
-            !comps.is_empty()
-                && segment_matches(s, comps[0])
-                && match_segments(&segs[1..], &comps[1..])
-        }
+        next = cur;
     }
+    next[0]
 }
 
 fn prefix_possible(segs: &[Segment], comps: &[&[u8]]) -> bool {
-    if comps.is_empty() {
-        return !segs.is_empty();
+    for (k, c) in comps.iter().enumerate() {
+        match segs.get(k) {
+            None => return false,
+            Some(Segment::AnyDirs) => return true,
+            Some(s) if !segment_matches(s, c) => return false,
+            Some(_) => {}
+        }
     }
-    match segs.first() {
-        None => false,
-        Some(Segment::AnyDirs) => true,
-        Some(s) => segment_matches(s, comps[0]) && prefix_possible(&segs[1..], &comps[1..]),
-    }
+    segs.len() > comps.len()
 }
 
 #[cfg(test)]
@@ -313,6 +359,22 @@ mod tests {
         assert!(m("/a/f?o", "/a/foo"));
         assert!(m("/a/*b*c", "/a/xxbyyc"));
         assert!(!m("/a/*b*c", "/a/xxbyyd"));
+    }
+
+    #[test]
+    fn limits() {
+        // 2^20 alternatives, a pattern past PATH_MAX, too many `**`.
+        assert!(compile(&"/{a,b}".repeat(20)).is_err());
+        assert!(compile(&format!("/{}", "a".repeat(5000))).is_err());
+        assert!(compile(&"/**/a".repeat(9)).is_err());
+        assert!(compile(&"{".repeat(100)).is_err());
+        // Consecutive `**` collapse; many of them do not blow up matching.
+        let g = &compile("/**/**/**/x").unwrap()[0];
+        assert_eq!(g.segments.len(), 2);
+        let g = &compile(&format!("{}/x", "/**/a".repeat(8))).unwrap()[0];
+        let deep = "/a".repeat(200);
+        assert!(!g.matches(deep.as_bytes()));
+        assert!(g.matches(format!("{deep}/x").as_bytes()));
     }
 
     #[test]

@@ -7,7 +7,6 @@ pub mod plan;
 pub mod schema;
 pub mod version;
 
-use std::collections::BTreeMap;
 use std::path::Path;
 
 pub use schema::Profile;
@@ -186,25 +185,53 @@ impl Registry {
             ),
             schema::Var::One(_) => schema::Var::One(schema::ScalarText::S(value.to_string())),
         };
-        // Re-check every glob with the new value.
-        let mut vars: BTreeMap<String, schema::Var> = p.vars.clone();
-        vars.insert(var.to_string(), new);
-        for s in &p.steps {
-            if let schema::Action::Delete(g)
-            | schema::Action::Truncate(g)
-            | schema::Action::EmptyDir(g) = &s.action
-            {
-                for t in g.iter().chain(&s.except) {
-                    for e in schema::expand_vars(&t.0, &vars) {
-                        glob::compile(&e)
-                            .map_err(|m| anyhow::anyhow!("--set '{assignment}': {m}"))?;
-                    }
-                }
-            }
-        }
+        // Re-check everything that uses variables with the new value.
+        let mut candidate = p.clone();
+        candidate.vars.insert(var.to_string(), new);
+        schema::validate(&candidate).map_err(|m| anyhow::anyhow!("--set '{assignment}': {m}"))?;
+        let vars = candidate.vars;
         p.vars = vars;
         Ok(())
     }
+}
+
+/// Parses profile YAML, expands every pattern it holds and matches each
+/// glob against `paths`; returns how many (glob, path) pairs match. Pure
+/// and total: the entry point of the profile fuzz target (YAML, variables,
+/// globs) — any input gives `Ok` or `Err`, never a panic, in bounded time
+/// and memory.
+pub fn check_text(text: &str, paths: &[&[u8]]) -> Result<usize, String> {
+    let p = schema::parse(text, "fuzz")?;
+    let mut texts: Vec<&str> = Vec::new();
+    for c in p
+        .applies_if
+        .iter()
+        .chain(p.steps.iter().filter_map(|s| s.when.as_ref()))
+    {
+        texts.extend(c.exists.iter().chain(&c.missing).map(|t| t.0.as_str()));
+    }
+    for s in &p.steps {
+        texts.extend(s.except.iter().map(|t| t.0.as_str()));
+        if let schema::Action::Delete(g)
+        | schema::Action::Truncate(g)
+        | schema::Action::EmptyDir(g) = &s.action
+        {
+            texts.extend(g.iter().map(|t| t.0.as_str()));
+        }
+    }
+    let mut n = 0;
+    for t in texts {
+        for e in schema::expand_vars(t, &p.vars)? {
+            for g in glob::compile(&e)? {
+                for path in paths {
+                    n += usize::from(g.matches(path));
+                    n += usize::from(g.matches_self_or_ancestor(path));
+                    n += usize::from(g.may_match_below(path));
+                }
+            }
+        }
+    }
+    Ok(n)
 }
 
 pub fn load_file(path: &Path) -> anyhow::Result<Profile> {
@@ -239,5 +266,33 @@ mod tests {
         r.set_var("locales.keep=C,de*").unwrap();
         assert!(r.set_var("locales.nope=1").is_err());
         assert!(r.set_var("locales.keep=[x").is_err());
+        // A value that refers to itself is a cycle, not a stack overflow.
+        let e = r.set_var("kernels.keep=${keep}").unwrap_err().to_string();
+        assert!(e.contains("variable cycle: keep -> keep"), "{e}");
+        let e = r.set_var("locales.keep=${keep}").unwrap_err().to_string();
+        assert!(e.contains("cycle"), "{e}");
+    }
+
+    #[test]
+    fn check_text_is_total() {
+        let paths: &[&[u8]] = &[b"/var/log/a.gz", b"/", b"", b"/a/b/c"];
+        assert!(
+            check_text(
+                "name: x\ndescription: d\nsteps:\n  - delete: ['/var/log/**/*.gz']\n",
+                paths
+            )
+            .unwrap()
+                > 0
+        );
+        for t in [
+            "",
+            "[[[[",
+            "{a: *b}",
+            "name: x\ndescription: d\nvars: {x: '${x}'}\nsteps: [{delete: ['/${x}']}]\n",
+        ] {
+            assert!(check_text(t, paths).is_err(), "{t}");
+        }
+        let deep = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
+        assert!(check_text(&deep, paths).is_err());
     }
 }

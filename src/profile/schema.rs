@@ -98,8 +98,18 @@ impl TryFrom<String> for PatternText {
     }
 }
 
-/// Replaces each `${name}` by a plain placeholder; errors on a bad reference.
+/// Replaces each `${name}` by a plain placeholder (`/v` at the very start,
+/// where the variable must supply the leading `/`); errors on a bad
+/// reference. Whether the expanded pattern is absolute is checked once the
+/// variables are known (`parse`).
 fn substitute_probe(s: &str) -> Result<String, String> {
+    if s.len() > glob::MAX_PATTERN {
+        return Err(format!(
+            "a pattern of {} bytes is longer than {}",
+            s.len(),
+            glob::MAX_PATTERN
+        ));
+    }
     let mut out = String::new();
     let mut rest = s;
     while let Some(i) = rest.find("${") {
@@ -111,7 +121,7 @@ fn substitute_probe(s: &str) -> Result<String, String> {
         if !valid_var(name) {
             return Err(format!("'{s}': bad variable name '{name}'"));
         }
-        out.push('v');
+        out.push_str(if out.is_empty() { "/v" } else { "v" });
         rest = &rest[i + end + 1..];
     }
     out.push_str(rest);
@@ -135,9 +145,48 @@ pub enum Count {
 pub struct WriteSpec {
     pub path: PatternText,
     pub content: String,
-    /// Octal mode as a string ("0644") or number (420).
+    /// Permission bits, default 0644 (see `FileMode`).
     #[serde(default)]
-    pub mode: Option<ScalarText>,
+    pub mode: Option<FileMode>,
+}
+
+/// A file mode: octal digits as text, at most 0o7777 — `mode: 0644` (a
+/// leading zero keeps a YAML scalar text), `mode: "0644"`, `"644"`,
+/// `"0o644"`, `"1777"`. A YAML number (`mode: 420`, `mode: 644`,
+/// `mode: 0o644`) is refused: whether 644 meant octal or decimal, or 420
+/// meant 0644, is a guess, and a wrong guess writes a wrong mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FileMode(pub u32);
+
+impl FileMode {
+    pub const DEFAULT: FileMode = FileMode(0o644);
+
+    /// Parses the octal text of a mode.
+    pub fn parse(t: &str) -> Result<Self, String> {
+        let digits = t.strip_prefix("0o").unwrap_or(t);
+        if digits.is_empty()
+            || digits.len() > 5
+            || !digits.bytes().all(|b| (b'0'..=b'7').contains(&b))
+        {
+            return Err(format!("mode '{t}' is not an octal mode such as \"0644\""));
+        }
+        let m = u32::from_str_radix(digits, 8).map_err(|e| format!("mode '{t}': {e}"))?;
+        if m > 0o7777 {
+            return Err(format!("mode '{t}' is larger than 07777"));
+        }
+        Ok(Self(m))
+    }
+}
+
+impl<'de> Deserialize<'de> for FileMode {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        match ScalarText::deserialize(d)? {
+            ScalarText::S(t) => FileMode::parse(&t).map_err(serde::de::Error::custom),
+            ScalarText::I(n) => Err(serde::de::Error::custom(format!(
+                "write.mode {n} is a YAML number; write the octal mode with a leading 0 or quoted, e.g. mode: \"0644\""
+            ))),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -266,8 +315,19 @@ impl<'de> Deserialize<'de> for Step {
     }
 }
 
-/// Parses a profile; errors read `ORIGIN:LINE:COLUMN: message`.
+/// Largest profile text accepted.
+pub const MAX_PROFILE_BYTES: usize = 1 << 20;
+
+/// Parses a profile; errors read `ORIGIN:LINE:COLUMN: message`. Pure and
+/// total (no panic, bounded recursion and allocation): the fuzz target
+/// calls it on arbitrary text.
 pub fn parse(text: &str, origin: &str) -> Result<Profile, String> {
+    if text.len() > MAX_PROFILE_BYTES {
+        return Err(format!(
+            "{origin}: {} bytes; a profile may have at most {MAX_PROFILE_BYTES}",
+            text.len()
+        ));
+    }
     let raw: ProfileRaw = serde_yaml_ng::from_str(text).map_err(|e| {
         let msg = e.to_string();
         // serde_yaml appends " at line L column C"; we lead with it instead.
@@ -292,7 +352,6 @@ pub fn parse(text: &str, origin: &str) -> Result<Profile, String> {
             raw.name
         ));
     }
-    // Every ${var} used must be declared.
     let p = Profile {
         name: raw.name,
         description: raw.description,
@@ -303,30 +362,113 @@ pub fn parse(text: &str, origin: &str) -> Result<Profile, String> {
         origin: origin.to_string(),
         source: text.to_string(),
     };
-    for (i, s) in p.steps.iter().enumerate() {
-        for t in step_texts(s) {
-            for v in var_refs(&t) {
-                if !p.vars.contains_key(&v) {
+    validate(&p).map_err(|e| format!("{origin}: {e}"))?;
+    Ok(p)
+}
+
+/// Checks what needs the variables: every `${var}` is declared (also in
+/// variables' own values), expansion ends (no cycle, within the limits),
+/// every expanded glob compiles, write/symlink paths expand to one absolute
+/// path, and a kernel count is a whole number. Run on parse and after
+/// `--set`. Pure and total.
+pub fn validate(p: &Profile) -> Result<(), String> {
+    for (name, v) in &p.vars {
+        if !valid_var(name) {
+            return Err(format!(
+                "variable name '{name}' must be letters, digits or '_'"
+            ));
+        }
+        for value in v.values() {
+            for r in var_refs(&value) {
+                if !p.vars.contains_key(&r) {
                     return Err(format!(
-                        "{origin}: step {} uses ${{{v}}}, which vars does not declare",
-                        i + 1
+                        "vars.{name} uses ${{{r}}}, which vars does not declare"
                     ));
                 }
             }
         }
     }
-    Ok(p)
+    let check = |what: &str, texts: &[(Text, &str)]| -> Result<(), String> {
+        for (kind, t) in texts {
+            for v in var_refs(t) {
+                if !p.vars.contains_key(&v) {
+                    return Err(format!("{what} uses ${{{v}}}, which vars does not declare"));
+                }
+            }
+            let expanded = expand_vars(t, &p.vars).map_err(|e| format!("{what}: {e}"))?;
+            for e in &expanded {
+                let shown = if e == t {
+                    format!("'{t}'")
+                } else {
+                    format!("'{t}' (= '{e}')")
+                };
+                match kind {
+                    Text::Glob | Text::Path => {
+                        let g = glob::compile(e).map_err(|m| format!("{what}: {shown}: {m}"))?;
+                        if *kind == Text::Path && (g.len() != 1 || e.contains(['*', '?', '['])) {
+                            return Err(format!(
+                                "{what}: {shown} must name one path, without wildcards"
+                            ));
+                        }
+                    }
+                    Text::Count => {
+                        e.trim()
+                            .parse::<u32>()
+                            .map_err(|_| format!("{what}: {shown} is not a whole number"))?;
+                    }
+                }
+            }
+            if *kind != Text::Glob && expanded.len() != 1 {
+                return Err(format!(
+                    "{what}: '{t}' expands to {} values; it needs one",
+                    expanded.len()
+                ));
+            }
+        }
+        Ok(())
+    };
+    if let Some(c) = &p.applies_if {
+        check("applies_if", &condition_texts(c))?;
+    }
+    for (i, s) in p.steps.iter().enumerate() {
+        check(&format!("step {}", i + 1), &step_texts(s))?;
+    }
+    Ok(())
 }
 
-fn step_texts(s: &Step) -> Vec<String> {
-    let mut v: Vec<String> = s.except.iter().map(|p| p.0.clone()).collect();
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Text {
+    Glob,
+    /// One path (write, symlink).
+    Path,
+    /// A kernel count.
+    Count,
+}
+
+fn condition_texts(c: &Condition) -> Vec<(Text, &str)> {
+    c.exists
+        .iter()
+        .chain(&c.missing)
+        .map(|p| (Text::Glob, p.0.as_str()))
+        .collect()
+}
+
+fn step_texts(s: &Step) -> Vec<(Text, &str)> {
+    let mut v: Vec<(Text, &str)> = s
+        .except
+        .iter()
+        .map(|p| (Text::Glob, p.0.as_str()))
+        .collect();
+    if let Some(c) = &s.when {
+        v.extend(condition_texts(c));
+    }
     match &s.action {
         Action::Delete(g) | Action::Truncate(g) | Action::EmptyDir(g) => {
-            v.extend(g.iter().map(|p| p.0.clone()))
+            v.extend(g.iter().map(|p| (Text::Glob, p.0.as_str())))
         }
-        Action::KeepNewestKernels(Count::Var(s)) => v.push(s.clone()),
-        Action::Write(w) => v.push(w.path.0.clone()),
-        Action::Symlink(w) => v.push(w.path.0.clone()),
+        Action::KeepNewestKernels(Count::Var(s)) => v.push((Text::Count, s.as_str())),
+        Action::Write(w) => v.push((Text::Path, w.path.0.as_str())),
+        Action::Symlink(w) => v.push((Text::Path, w.path.0.as_str())),
         _ => {}
     }
     v
@@ -345,22 +487,94 @@ fn var_refs(s: &str) -> Vec<String> {
     out
 }
 
-/// Substitutes variables; a list variable multiplies the pattern.
-pub fn expand_vars(s: &str, vars: &BTreeMap<String, Var>) -> Vec<String> {
-    let Some(i) = s.find("${") else {
-        return vec![s.to_string()];
-    };
-    let Some(end) = s[i..].find('}') else {
-        return vec![s.to_string()];
-    };
-    let name = &s[i + 2..i + end];
-    let values = vars.get(name).map(|v| v.values()).unwrap_or_default();
-    let mut out = Vec::new();
-    for v in values {
-        let t = format!("{}{}{}", &s[..i], v, &s[i + end + 1..]);
-        out.extend(expand_vars(&t, vars));
+/// Most patterns one text may expand to (list variables multiply).
+pub const MAX_EXPANSIONS: usize = 1024;
+/// Deepest chain of variables referring to variables.
+pub const MAX_VAR_DEPTH: usize = 16;
+
+/// Substitutes variables: each `${name}` is replaced by every value of
+/// `name` (a list variable multiplies the text); a value may itself refer
+/// to other variables. Errors name an undeclared variable or a cycle
+/// (`a -> b -> a`), and stop expansions past `MAX_EXPANSIONS` patterns,
+/// `glob::MAX_PATTERN` bytes or `MAX_VAR_DEPTH` levels. Pure and total.
+pub fn expand_vars(s: &str, vars: &BTreeMap<String, Var>) -> Result<Vec<String>, String> {
+    expand_in(s, vars, &mut Vec::new())
+}
+
+fn expand_in(
+    s: &str,
+    vars: &BTreeMap<String, Var>,
+    stack: &mut Vec<String>,
+) -> Result<Vec<String>, String> {
+    if stack.len() > MAX_VAR_DEPTH {
+        return Err(format!(
+            "variables nest deeper than {MAX_VAR_DEPTH} levels ({})",
+            stack.join(" -> ")
+        ));
     }
-    out
+    let mut out = vec![String::new()];
+    let mut rest = s;
+    loop {
+        let Some(i) = rest.find("${") else {
+            for o in &mut out {
+                o.push_str(rest);
+            }
+            break;
+        };
+        let end = rest[i..]
+            .find('}')
+            .ok_or_else(|| format!("'{s}': '${{' is never closed"))?;
+        let name = &rest[i + 2..i + end];
+        let var = vars
+            .get(name)
+            .ok_or_else(|| format!("${{{name}}} is not declared in vars"))?;
+        if stack.iter().any(|n| n == name) {
+            return Err(format!("variable cycle: {} -> {name}", stack.join(" -> ")));
+        }
+        stack.push(name.to_string());
+        let mut values = Vec::new();
+        for v in var.values() {
+            values.extend(expand_in(&v, vars, stack)?);
+            if values.len() > MAX_EXPANSIONS {
+                break;
+            }
+        }
+        stack.pop();
+        let lit = &rest[..i];
+        if out.len().saturating_mul(values.len()) > MAX_EXPANSIONS {
+            return Err(format!(
+                "'{s}' expands to more than {MAX_EXPANSIONS} patterns"
+            ));
+        }
+        let mut next = Vec::with_capacity(out.len() * values.len());
+        for o in &out {
+            for v in &values {
+                let t = format!("{o}{lit}{v}");
+                if t.len() > glob::MAX_PATTERN {
+                    return Err(format!(
+                        "'{s}' expands to a pattern longer than {} bytes",
+                        glob::MAX_PATTERN
+                    ));
+                }
+                next.push(t);
+            }
+        }
+        out = next;
+        rest = &rest[i + end + 1..];
+    }
+    Ok(out)
+}
+
+/// Expands `s` to exactly one text (a path a write or symlink step names).
+pub fn expand_one(s: &str, vars: &BTreeMap<String, Var>) -> Result<String, String> {
+    let mut v = expand_vars(s, vars)?;
+    if v.len() != 1 {
+        return Err(format!(
+            "'{s}' expands to {} paths; a write or symlink step needs one",
+            v.len()
+        ));
+    }
+    Ok(v.remove(0))
 }
 
 #[cfg(test)]
@@ -398,7 +612,10 @@ mod tests {
             "f",
         )
         .unwrap();
-        assert_eq!(expand_vars("/l/${keep}", &p.vars), vec!["/l/C", "/l/en*"]);
+        assert_eq!(
+            expand_vars("/l/${keep}", &p.vars).unwrap(),
+            vec!["/l/C", "/l/en*"]
+        );
         assert!(
             parse(
                 "name: x\ndescription: d\nsteps:\n  - delete: ['/l/${nope}']\n",
@@ -406,5 +623,92 @@ mod tests {
             )
             .is_err()
         );
+    }
+
+    fn prof(vars: &str, step: &str) -> Result<Profile, String> {
+        parse(
+            &format!("name: x\ndescription: d\nvars: {vars}\nsteps:\n  - {step}\n"),
+            "f.yaml",
+        )
+    }
+
+    #[test]
+    fn variable_cycles_are_errors() {
+        let e = prof("{x: '${x}'}", "delete: ['/a/${x}']").unwrap_err();
+        assert!(e.contains("variable cycle: x -> x"), "{e}");
+        let e = prof("{a: '${b}', b: ['${a}', c]}", "delete: ['/a/${a}']").unwrap_err();
+        assert!(e.contains("variable cycle: a -> b -> a"), "{e}");
+        // Nested references expand.
+        let p = prof("{a: '${b}/x', b: [p, q]}", "delete: ['/r/${a}']").unwrap();
+        assert_eq!(
+            expand_vars("/r/${a}", &p.vars).unwrap(),
+            vec!["/r/p/x", "/r/q/x"]
+        );
+        // A list multiplying past the limit.
+        let e = prof(
+            "{a: [a,b,c,d,e,f,g,h], b: '${a}${a}${a}${a}'}",
+            "delete: ['/r/${b}']",
+        )
+        .unwrap_err();
+        assert!(e.contains("more than 1024"), "{e}");
+        // Undeclared inside a variable's value.
+        let e = prof("{a: '${zz}'}", "delete: ['/r/${a}']").unwrap_err();
+        assert!(e.contains("vars.a uses ${zz}"), "{e}");
+    }
+
+    #[test]
+    fn globs_may_start_with_a_variable() {
+        let p = prof("{dir: /opt/app}", "delete: ['${dir}/cache/*']").unwrap();
+        assert_eq!(
+            expand_vars("${dir}/cache/*", &p.vars).unwrap(),
+            vec!["/opt/app/cache/*"]
+        );
+        let e = prof("{dir: opt/app}", "delete: ['${dir}/cache/*']").unwrap_err();
+        assert!(e.contains("absolute"), "{e}");
+        let e = parse(
+            "name: x\ndescription: d\nsteps:\n  - delete: ['${dir}/cache/*']\n",
+            "f.yaml",
+        )
+        .unwrap_err();
+        assert!(e.contains("${dir}, which vars does not declare"), "{e}");
+        assert!(!e.contains("absolute"), "{e}");
+    }
+
+    #[test]
+    fn write_modes() {
+        let w = |m: &str| {
+            prof(
+                "{}",
+                &format!("write: {{path: /etc/x, content: c, mode: {m}}}"),
+            )
+        };
+        let mode = |m: &str| match &w(m).unwrap().steps[0].action {
+            Action::Write(w) => w.mode.map(|m| m.0),
+            _ => None,
+        };
+        assert_eq!(mode("'0644'"), Some(0o644));
+        assert_eq!(mode("0644"), Some(0o644));
+        assert_eq!(mode("0755"), Some(0o755));
+        assert_eq!(mode("\"644\""), Some(0o644));
+        assert_eq!(mode("'0o600'"), Some(0o600));
+        assert_eq!(mode("'1777'"), Some(0o1777));
+        for bad in [
+            "420", "644", "0o644", "'0999'", "'17777'", "''", "'rw'", "0999",
+        ] {
+            let e = w(bad).unwrap_err();
+            assert!(e.contains("mode"), "{bad}: {e}");
+        }
+        assert!(w("420").unwrap_err().contains("quoted"));
+    }
+
+    #[test]
+    fn write_paths_expand_to_one() {
+        assert!(prof("{d: /etc}", "write: {path: '${d}/x', content: c}").is_ok());
+        let e = prof("{d: [/a, /b]}", "write: {path: '${d}/x', content: c}").unwrap_err();
+        assert!(e.contains("needs one"), "{e}");
+        let e = prof("{}", "write: {path: '/etc/*', content: c}").unwrap_err();
+        assert!(e.contains("one path"), "{e}");
+        let e = prof("{k: two}", "keep-newest-kernels: '${k}'").unwrap_err();
+        assert!(e.contains("whole number"), "{e}");
     }
 }
