@@ -188,6 +188,7 @@ const ATTEMPTS: &[&str] = &[
     "process-vm-readv-parent",
     "kill-decoy",
     "see-other-processes",
+    "parent-outside-pid-namespace",
     "process-group-outside",
     "kill-all",
     "kill-parent",
