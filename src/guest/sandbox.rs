@@ -29,8 +29,6 @@ mod caps;
 mod fs;
 mod seccomp;
 
-pub use caps::KEEP as KEPT_CAPABILITIES;
-
 use std::ffi::CString;
 use std::io::{self, Read};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
