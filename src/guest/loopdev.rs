@@ -160,14 +160,43 @@ impl Drop for LoopDevice {
     }
 }
 
-/// A loop device found on the system.
-#[derive(Debug, Clone)]
+/// A loop device tagged by vmfinal, held open. Holding the descriptor keeps
+/// the kernel from freeing (autoclear) and re-binding the device to someone
+/// else between the moment its tag is read and the moment it is detached:
+/// both happen on this same descriptor, so a device another program attached
+/// meanwhile is never touched.
+#[derive(Debug)]
 pub struct TaggedLoop {
     pub path: PathBuf,
     pub pid: u32,
+    file: File,
 }
 
-/// Loop devices tagged by vmfinal (any process).
+/// The `vmfinal:PID` tag of the device open on `f`, if it is attached and tagged.
+fn tag_of(f: &File) -> Option<u32> {
+    let mut info = zero_info();
+    // SAFETY: `f` is an open loop device; `info` is a valid out-buffer of the
+    // size LOOP_GET_STATUS64 writes.
+    if unsafe {
+        libc::ioctl(
+            f.as_raw_fd(),
+            LOOP_GET_STATUS64,
+            &mut info as *mut LoopInfo64,
+        )
+    } != 0
+    {
+        return None;
+    }
+    let nul = info
+        .lo_file_name
+        .iter()
+        .position(|&c| c == 0)
+        .unwrap_or(LO_NAME_SIZE);
+    let s = String::from_utf8_lossy(&info.lo_file_name[..nul]).into_owned();
+    s.strip_prefix(TAG).and_then(|p| p.parse().ok())
+}
+
+/// Loop devices tagged by vmfinal (any process), each held open.
 pub fn tagged() -> Vec<TaggedLoop> {
     let mut out = Vec::new();
     let Ok(rd) = std::fs::read_dir("/sys/block") else {
@@ -183,38 +212,27 @@ pub fn tagged() -> Vec<TaggedLoop> {
             continue;
         }
         let path = PathBuf::from(format!("/dev/{name}"));
-        let Ok(f) = File::open(&path) else { continue };
-        let mut info = zero_info();
-        // SAFETY: info is a valid out-buffer.
-        if unsafe {
-            libc::ioctl(
-                f.as_raw_fd(),
-                LOOP_GET_STATUS64,
-                &mut info as *mut LoopInfo64,
-            )
-        } != 0
-        {
+        let Ok(file) = File::open(&path) else {
             continue;
-        }
-        let nul = info
-            .lo_file_name
-            .iter()
-            .position(|&c| c == 0)
-            .unwrap_or(LO_NAME_SIZE);
-        let s = String::from_utf8_lossy(&info.lo_file_name[..nul]).into_owned();
-        if let Some(pid) = s.strip_prefix(TAG).and_then(|p| p.parse().ok()) {
-            out.push(TaggedLoop { path, pid });
+        };
+        if let Some(pid) = tag_of(&file) {
+            out.push(TaggedLoop { path, pid, file });
         }
     }
     out
 }
 
-/// Detaches a loop device by path (for stale ones).
-pub fn detach(path: &Path) -> io::Result<()> {
-    let f = File::open(path)?;
-    // SAFETY: ioctl on our descriptor.
-    if unsafe { libc::ioctl(f.as_raw_fd(), LOOP_CLR_FD, 0) } != 0 {
-        return Err(io::Error::last_os_error());
+impl TaggedLoop {
+    /// Detaches the device if it still carries the same tag (checked again
+    /// on the held descriptor, right before the detach).
+    pub fn detach(self) -> io::Result<()> {
+        if tag_of(&self.file) != Some(self.pid) {
+            return Err(io::Error::other("no longer attached by that run"));
+        }
+        // SAFETY: ioctl on our own open descriptor of the device.
+        if unsafe { libc::ioctl(self.file.as_raw_fd(), LOOP_CLR_FD, 0) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
     }
-    Ok(())
 }

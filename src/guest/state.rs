@@ -88,17 +88,10 @@ pub fn sweep_stale() -> Vec<String> {
     let mut done = Vec::new();
     for l in loopdev::tagged() {
         if !alive(l.pid) {
-            match loopdev::detach(&l.path) {
-                Ok(()) => done.push(format!(
-                    "detached {} (left by vmfinal pid {})",
-                    l.path.display(),
-                    l.pid
-                )),
-                Err(e) => done.push(format!(
-                    "could not detach {} (left by pid {}): {e}",
-                    l.path.display(),
-                    l.pid
-                )),
+            let (path, pid) = (l.path.display().to_string(), l.pid);
+            match l.detach() {
+                Ok(()) => done.push(format!("detached {path} (left by vmfinal pid {pid})")),
+                Err(e) => done.push(format!("could not detach {path} (left by pid {pid}): {e}")),
             }
         }
     }
