@@ -17,8 +17,9 @@ assets=$target/release/assets
 rm -rf "$assets"
 mkdir -p "$assets/completions"
 "$vm" __man "$assets/man" >/dev/null
+gzip -9n "$assets"/man/*.1   # Debian policy: compressed man pages
 "$vm" completions bash > "$assets/completions/vmfinal.bash"
 "$vm" completions zsh > "$assets/completions/_vmfinal"
 "$vm" completions fish > "$assets/completions/vmfinal.fish"
-cargo deb --no-build --locked --quiet
+cargo deb --no-build --locked --quiet >/dev/null
 ls -t "$target"/debian/vmfinal_*.deb | head -1

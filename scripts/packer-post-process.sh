@@ -13,8 +13,10 @@
 #                     [default: OUTPUT's directory/manifest.json]
 #   VMFINAL_ARGS      more finalize options [default: --profiles defaults]
 #   VMFINAL           the vmfinal command, split into words like a shell
-#                     command: "sudo vmfinal", "/opt/bin/vmfinal"
-#                     [default: vmfinal on PATH]
+#                     command, the binary last: "sudo vmfinal", "/opt/bin/vmfinal"
+#                     [default: vmfinal on PATH]. Packer's PACKER_BUILD_NAME,
+#                     PACKER_BUILDER_TYPE and PACKER_RUN_UUID reach the binary
+#                     through env(1), so sudo's clean environment keeps them.
 #   VMFINAL_KEEP_INPUT=1 keeps the builder's raw disk (default: removed after
 #                     a successful finalize, it is a scratch copy)
 #
@@ -36,8 +38,16 @@ read -r -a vmfinal <<< "${VMFINAL:-vmfinal}"
 [ "${#vmfinal[@]}" -gt 0 ] || { echo "$me: VMFINAL is empty" >&2; exit 2; }
 command -v "${vmfinal[0]}" >/dev/null || {
   echo "$me: ${vmfinal[0]}: command not found (install vmfinal, or set VMFINAL to its path)" >&2; exit 2; }
+# Packer's variables for the manifest, handed to the binary itself (sudo
+# would drop them from the environment).
+pass=()
+for v in PACKER_BUILD_NAME PACKER_BUILDER_TYPE PACKER_RUN_UUID; do
+  [ -z "${!v:-}" ] || pass+=("$v=${!v}")
+done
+n=${#vmfinal[@]}
+cmd=("${vmfinal[@]:0:n-1}" env "${pass[@]}" "${vmfinal[n-1]}")
 # shellcheck disable=SC2086 # VMFINAL_ARGS is a list of options
-"${vmfinal[@]}" finalize "$img" -o "$out" --force --checksum sha256 --manifest "$manifest" \
+"${cmd[@]}" finalize "$img" -o "$out" --force --checksum sha256 --manifest "$manifest" \
   ${VMFINAL_ARGS:---profiles defaults}
 if [ "${VMFINAL_KEEP_INPUT:-0}" != 1 ]; then
   rm -f "$img"

@@ -73,6 +73,8 @@ const SPINNER: &str = "{spinner} {prefix:<10} {elapsed:>4} {msg}";
 const ITEMS: &str = "{spinner} {prefix:<10} {elapsed:>4} [{bar:30}] {pos}/{len} {msg}";
 const BYTES: &str = "{spinner} {prefix:<10} {elapsed:>4} [{wide_bar}] {bytes}/{total_bytes} {msg}";
 const DONE: &str = "  {prefix:<10} {msg}";
+/// A conversion outside any stage (`compact`, `expand`): no name column.
+const BYTES_ALONE: &str = "{spinner} {elapsed:>4} [{wide_bar}] {bytes}/{total_bytes} {msg}";
 
 /// A running stage. Call [`Stage::done`] when it finished; dropping it
 /// without means it failed.
@@ -228,7 +230,7 @@ impl Transfer {
         if !bar.is_hidden() {
             bar.set_length(total);
             bar.set_position(0);
-            bar.set_style(style(BYTES));
+            bar.set_style(style(if own { BYTES_ALONE } else { BYTES }));
             if own {
                 bar.enable_steady_tick(Duration::from_millis(200));
             }

@@ -84,6 +84,22 @@ impl Spool {
     }
 }
 
+/// The conversion's result as the user sees it: with a spool, the report
+/// and any error name stdin instead of the temporary file.
+pub fn relabeled(
+    spool: &Option<Spool>,
+    r: anyhow::Result<ConvertReport>,
+) -> anyhow::Result<ConvertReport> {
+    match spool {
+        None => r,
+        Some(s) => {
+            let mut report = r.map_err(|e| s.relabel_err(e))?;
+            s.relabel(&mut report);
+            Ok(report)
+        }
+    }
+}
+
 /// If `req.input` is `-`, reads stdin into a spool and points the request
 /// at it. The caller keeps the spool alive until the conversion is done.
 pub fn redirect_stdin(req: &mut ConvertRequest) -> anyhow::Result<Option<Spool>> {

@@ -396,3 +396,49 @@ fn a_closed_pipe_ends_listings_quietly() {
         }
     }
 }
+
+/// Runs vmfinal on a pseudo-terminal (util-linux `script`); what it showed.
+fn on_terminal(args: &[&str]) -> (String, Option<i32>) {
+    let q = |s: &str| format!("'{}'", s.replace('\'', "'\\''"));
+    let mut cmd = q(env!("CARGO_BIN_EXE_vmfinal"));
+    for a in args {
+        cmd.push(' ');
+        cmd.push_str(&q(a));
+    }
+    let o = run(Command::new("script")
+        .args(["-q", "-e", "-c", &cmd, "/dev/null"])
+        .env("TERM", "xterm")
+        .env("COLUMNS", "120"));
+    (
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        o.status.code(),
+    )
+}
+
+#[test]
+fn the_byte_bar_shows_on_a_terminal_only() {
+    if !have("script") {
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    let img = d.path().join("rand.raw");
+    let mut data = vec![0u8; 48 << 20];
+    Rng::new(5).fill(&mut data);
+    std::fs::write(&img, &data).unwrap();
+    let i = img.to_string_lossy().into_owned();
+    let out = d.path().join("o.qcow2").to_string_lossy().into_owned();
+    let (shown, code) = on_terminal(&["compact", &i, "-o", &out]);
+    assert_eq!(code, Some(0), "{shown}");
+    // A bar of the bytes read: "[=====>   ] 12.00 MiB/48.00 MiB".
+    assert!(shown.contains("/48.00 MiB"), "no byte bar: {shown}");
+    assert!(shown.contains("[="), "no bar: {shown}");
+    // -q: no bar, no summary.
+    let (shown, code) = on_terminal(&["compact", "-q", "-f", &i, "-o", &out]);
+    assert_eq!(code, Some(0), "{shown}");
+    assert!(shown.trim().is_empty(), "-q printed: {shown}");
+    // Not a terminal: the summary only, no escape codes.
+    let o = ok(vmfinal().args(["compact", "-f", &i, "-o", &out]));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!err.contains('\u{1b}') && !err.contains("[="), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+}

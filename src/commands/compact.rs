@@ -26,10 +26,7 @@ pub fn run(args: &CompactArgs) -> anyhow::Result<super::ExitCode> {
     req.fs_aware = !args.no_fs_aware;
     crate::progress::set_quiet(args.out.quiet);
     let spool = crate::spool::redirect_stdin(&mut req)?;
-    let mut report = convert::convert(&req)?;
-    if let Some(s) = &spool {
-        s.relabel(&mut report);
-    }
+    let report = crate::spool::relabeled(&spool, convert::convert(&req))?;
     publish(&report, "compact", &args.out, serde_json::Value::Null)?;
     Ok(0)
 }

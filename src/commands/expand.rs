@@ -25,10 +25,7 @@ pub fn run(args: &ExpandArgs) -> anyhow::Result<super::ExitCode> {
     let mut req = args.out.expand_request(args.input.clone(), args.format)?;
     crate::progress::set_quiet(args.out.quiet);
     let spool = crate::spool::redirect_stdin(&mut req)?;
-    let mut report = convert::convert(&req)?;
-    if let Some(s) = &spool {
-        s.relabel(&mut report);
-    }
+    let report = crate::spool::relabeled(&spool, convert::convert(&req))?;
     super::compact::publish(&report, "expand", &args.out, serde_json::Value::Null)?;
     Ok(0)
 }
