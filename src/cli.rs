@@ -6,7 +6,22 @@ use clap::{Parser, Subcommand};
 use crate::commands;
 
 #[derive(Debug, Parser)]
-#[command(name = "vmfinal", version, about = "Finalize and compact VM disk images", long_about = None)]
+#[command(
+    name = "vmfinal",
+    version,
+    about = "Finalize and compact VM disk images",
+    long_about = "Finalize and compact VM disk images.\n\n\
+        vmfinal compact converts a raw, qcow2 or .zst image into a compressed qcow2, a seekable \
+        .zst or a sparse raw file on all cores, skipping holes and the free space of ext2/3/4, \
+        xfs and swap (no root needed). vmfinal finalize cleans a copy of the guest with cleanup \
+        profiles (old kernels, package caches, logs, machine-id, ssh host keys), reclaims free \
+        space and compacts it (root).\n\n\
+        Examples:\n  \
+        vmfinal compact disk.raw -o golden.qcow2 --compression zstd\n  \
+        vmfinal compact disk.raw -o - | aws s3 cp - s3://bucket/golden.zst\n  \
+        vmfinal finalize disk.qcow2 -o golden.qcow2 --dry-run\n  \
+        vmfinal finalize disk.qcow2 -o golden.qcow2 --checksum sha256"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -16,7 +31,7 @@ pub struct Cli {
 pub enum Command {
     /// Convert an image (raw, qcow2, .zst) into a compressed qcow2, a seekable .zst, or a sparse raw file
     Compact(commands::compact::CompactArgs),
-    /// Expand a qcow2 or .zst image back into a sparse raw file
+    /// Expand a qcow2 or .zst image back into a sparse raw file (always raw)
     Expand(commands::expand::ExpandArgs),
     /// Check the consistency of a qcow2 or .zst file (exit 0 clean, 2 corrupt, 3 leaks only, 1 could not check)
     Check(commands::check::CheckArgs),
@@ -32,8 +47,53 @@ pub enum Command {
     Profiles(commands::profiles::ProfilesArgs),
     /// Remove loop devices and files that killed vmfinal runs left behind (root)
     Cleanup(commands::cleanup::CleanupArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell)
+    Completions(commands::completions::CompletionsArgs),
     #[command(name = "__sandbox", hide = true)]
     Sandbox(crate::guest::sandbox::SandboxArgs),
+    #[command(name = "__man", hide = true)]
+    Man(commands::man::ManArgs),
+}
+
+impl Command {
+    /// The image a command reads, for those that cannot read it from stdin.
+    fn file_input(&self) -> Option<(&'static str, &std::path::Path)> {
+        match self {
+            Command::Check(a) => Some(("check", &a.image)),
+            Command::Info(a) => Some(("info", &a.image)),
+            Command::Analyze(a) => Some(("analyze", &a.image)),
+            Command::Clean(a) => Some(("clean", &a.image)),
+            Command::Finalize(a) => Some(("finalize", &a.input)),
+            _ => None,
+        }
+    }
+
+    /// `-` as the input of a command that needs a file: one clear refusal.
+    pub fn refuse_stdin(&self) -> anyhow::Result<()> {
+        if let Some((name, p)) = self.file_input()
+            && commands::output_args::is_stdio(p)
+        {
+            anyhow::bail!(
+                "{name} needs an image file, not stdin (-): only compact and expand read a stream; save it to a file first"
+            );
+        }
+        Ok(())
+    }
+
+    /// Commands that only print: a closed pipe (`| head`) ends them quietly,
+    /// as it does `cat`. Commands that write files keep SIGPIPE ignored so
+    /// that their guards clean up.
+    pub fn prints_only(&self) -> bool {
+        matches!(
+            self,
+            Command::Check(_)
+                | Command::Info(_)
+                | Command::Analyze(_)
+                | Command::Profiles(_)
+                | Command::Completions(_)
+                | Command::Man(_)
+        )
+    }
 }
 
 /// Parses sizes such as `65536`, `64K`, `64KiB`, `2M`, `1G`.

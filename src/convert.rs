@@ -14,10 +14,12 @@ use crate::image::qcow2::Compression;
 use crate::image::qcow2::writer::{Qcow2Writer, Qcow2WriterOptions, cluster_encoder};
 use crate::image::zst::{ZstWriter, frame_encoder};
 use crate::image::{self, ImageFormat};
-use crate::output::raw::RawWriter;
-use crate::output::{OutputError, TempOutput, same_file};
+use crate::output::dest::Destination;
+use crate::output::raw::{RawStreamWriter, RawWriter};
+use crate::output::{OutputError, same_file};
 use crate::pipeline::{self, EncoderFactory, PipelineConfig, PipelineStats};
-use crate::report::{ConvertReport, ImageSummary, OutputSummary, Progress};
+use crate::progress::Transfer;
+use crate::report::{ConvertReport, ImageSummary, OutputSummary};
 
 /// Default qcow2 cluster size, as qemu-img.
 pub const DEFAULT_CLUSTER_SIZE: u64 = 64 << 10;
@@ -80,22 +82,21 @@ pub fn convert(req: &ConvertRequest) -> anyhow::Result<ConvertReport> {
     ));
     let to_read = extent::subtract(&allocated, &scan.free);
 
-    let out = TempOutput::create(&req.output, req.force)?;
-    let file = out.try_clone_file()?;
-    let tmp = out.tmp_path().to_owned();
+    let out = Destination::open(&req.output, req.force)?;
+    let tmp = out.name();
     let level = req
         .level
         .unwrap_or_else(|| default_level(req.output_format, req.compression));
     let pref = src.preferred_read_size().unwrap_or(1);
 
-    let progress = Progress::new(vsize, req.quiet);
+    let progress = Transfer::new(&to_read, req.quiet);
     let on_progress = |n: u64| progress.advance(n);
     let (stats, out_bytes, unit): (PipelineStats, u64, u64) = match req.output_format {
         ImageFormat::Qcow2 => {
             let unit = req.cluster_size;
             let cfg = config(unit, pref, req.threads);
             let mut w = Qcow2Writer::new(
-                file,
+                out.file()?,
                 tmp.clone(),
                 Qcow2WriterOptions {
                     virtual_size: vsize,
@@ -112,16 +113,23 @@ pub fn convert(req: &ConvertRequest) -> anyhow::Result<ConvertReport> {
         ImageFormat::Zst => {
             let unit = req.frame_size;
             let cfg = config(unit, pref, req.threads);
-            let mut w = ZstWriter::new(file, tmp.clone(), vsize, unit, level)?;
+            let mut w = ZstWriter::new(out.writer()?, tmp.clone(), vsize, unit, level)?;
             let factory = move || frame_encoder(level);
             let f: &EncoderFactory<'_> = &factory;
             let stats = pipeline::run(src.as_ref(), &to_read, &cfg, Some(f), &mut w, &on_progress)?;
             (stats, w.finish()?, unit)
         }
+        ImageFormat::Raw if out.is_stream() => {
+            let unit = RAW_ZERO_GRANULARITY;
+            let cfg = config(unit, pref, req.threads);
+            let mut w = RawStreamWriter::new(out.writer()?, tmp.clone());
+            let stats = pipeline::run(src.as_ref(), &to_read, &cfg, None, &mut w, &on_progress)?;
+            (stats, w.finish()?, unit)
+        }
         ImageFormat::Raw => {
             let unit = RAW_ZERO_GRANULARITY;
             let cfg = config(unit, pref, req.threads);
-            let mut w = RawWriter::new(file, tmp.clone(), unit, vsize);
+            let mut w = RawWriter::new(out.file()?, tmp.clone(), unit, vsize);
             let stats = pipeline::run(src.as_ref(), &to_read, &cfg, None, &mut w, &on_progress)?;
             w.finish()?;
             let alloc = std::fs::metadata(&tmp)
@@ -222,15 +230,5 @@ pub fn default_output(input: &Path, format: ImageFormat) -> PathBuf {
         input.with_extension(format!("compact.{ext}"))
     } else {
         out
-    }
-}
-
-/// The output format named by a path's extension, if any.
-pub fn format_from_extension(path: &Path) -> Option<ImageFormat> {
-    match path.extension()?.to_str()?.to_ascii_lowercase().as_str() {
-        "qcow2" | "qcow" => Some(ImageFormat::Qcow2),
-        "zst" | "zstd" => Some(ImageFormat::Zst),
-        "raw" | "img" => Some(ImageFormat::Raw),
-        _ => None,
     }
 }

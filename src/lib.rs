@@ -18,6 +18,8 @@ pub mod interrupt;
 pub mod output;
 pub mod pipeline;
 pub mod profile;
+pub mod progress;
 pub mod reclaim;
 pub mod report;
 pub mod session;
+pub mod spool;

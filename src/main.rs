@@ -14,26 +14,47 @@ fn main() {
         eprintln!("vmfinal: cannot install signal handlers: {e}");
         std::process::exit(1);
     }
-    let result = match &cli.command {
-        Command::Compact(a) => commands::compact::run(a),
-        Command::Expand(a) => commands::expand::run(a),
-        Command::Check(a) => commands::check::run(a),
-        Command::Info(a) => commands::info::run(a),
-        Command::Analyze(a) => commands::analyze::run(a),
-        Command::Clean(a) => commands::clean::run(a),
-        Command::Finalize(a) => commands::finalize::run(a),
-        Command::Profiles(a) => commands::profiles::run(a),
-        Command::Cleanup(a) => commands::cleanup::run(a),
-        Command::Sandbox(a) => vmfinal::guest::sandbox::init(a),
-    };
+    if cli.command.prints_only() {
+        // SAFETY: restoring the default disposition of one signal; no handler runs.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
+    let result = cli
+        .command
+        .refuse_stdin()
+        .and_then(|()| match &cli.command {
+            Command::Compact(a) => commands::compact::run(a),
+            Command::Expand(a) => commands::expand::run(a),
+            Command::Check(a) => commands::check::run(a),
+            Command::Info(a) => commands::info::run(a),
+            Command::Analyze(a) => commands::analyze::run(a),
+            Command::Clean(a) => commands::clean::run(a),
+            Command::Finalize(a) => commands::finalize::run(a),
+            Command::Profiles(a) => commands::profiles::run(a),
+            Command::Cleanup(a) => commands::cleanup::run(a),
+            Command::Completions(a) => commands::completions::run(a),
+            Command::Sandbox(a) => vmfinal::guest::sandbox::init(a),
+            Command::Man(a) => commands::man::run(a),
+        });
     match result {
         Ok(code) => std::process::exit(code),
         Err(e) => {
+            let staged = matches!(cli.command, Command::Finalize(_) | Command::Clean(_));
+            if staged
+                && !vmfinal::progress::quiet()
+                && let Some(done) = vmfinal::progress::journal_line()
+            {
+                eprintln!("vmfinal: done before the error: {done}");
+            }
+            let stream = vmfinal::output::dest::streaming();
             if matches!(
                 e.downcast_ref::<PipelineError>(),
                 Some(PipelineError::Interrupted)
             ) {
-                eprintln!("vmfinal: interrupted; no output was left behind");
+                if stream {
+                    eprintln!("vmfinal: interrupted; the stream on stdout is incomplete");
+                } else {
+                    eprintln!("vmfinal: interrupted; no output was left behind");
+                }
                 std::process::exit(EXIT_INTERRUPTED);
             }
             // One line: the error and its causes, joined.
@@ -46,6 +67,9 @@ fn main() {
                     }
                     line.push_str(&m);
                 }
+            }
+            if stream {
+                line.push_str(" (the stream on stdout is incomplete)");
             }
             eprintln!("vmfinal: error: {line}");
             std::process::exit(1);

@@ -1,11 +1,9 @@
-//! What vmfinal tells the user: the one-line human summary (stderr), the
-//! documented `--json` reports (stdout, schema in `docs/json.md`), and the
-//! progress bar (only on a terminal).
+//! What vmfinal tells the user at the end: the one-line human summary
+//! (stderr) and the documented `--json` reports (stdout, schema in
+//! `docs/json.md`). Progress while it works is `progress`.
 
-use std::io::IsTerminal;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
 
 use crate::image::ImageFormat;
@@ -83,8 +81,8 @@ impl ConvertReport {
         let base = self.input.allocated_bytes.max(1);
         format!(
             "{} -> {} ({kind}): {} of {} allocated ({:.1}%), {} virtual, {:.1} s, {}/s",
-            self.input.path.display(),
-            o.path.display(),
+            stdio_name(&self.input.path, "stdin"),
+            stdio_name(&o.path, "stdout"),
             human_bytes(o.bytes),
             human_bytes(self.input.allocated_bytes),
             o.bytes as f64 * 100.0 / base as f64,
@@ -92,6 +90,15 @@ impl ConvertReport {
             self.seconds,
             human_bytes(self.throughput() as u64),
         )
+    }
+}
+
+/// `-` as the stream it stands for, else the path.
+fn stdio_name(p: &Path, stream: &str) -> String {
+    if p.as_os_str() == "-" {
+        stream.to_string()
+    } else {
+        p.display().to_string()
     }
 }
 
@@ -108,34 +115,6 @@ pub fn human_bytes(n: u64) -> String {
         format!("{n} B")
     } else {
         format!("{v:.1} {}", UNITS[i])
-    }
-}
-
-/// A progress bar on stderr when it is a terminal and not `--quiet`.
-pub struct Progress {
-    bar: ProgressBar,
-}
-
-impl Progress {
-    pub fn new(total: u64, quiet: bool) -> Self {
-        let bar = if quiet || !std::io::stderr().is_terminal() {
-            ProgressBar::hidden()
-        } else {
-            let b = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
-            if let Ok(style) = ProgressStyle::with_template(
-                "{spinner} [{elapsed_precise}] [{wide_bar}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
-            ) {
-                b.set_style(style.progress_chars("=> "));
-            }
-            b
-        };
-        Self { bar }
-    }
-    pub fn advance(&self, n: u64) {
-        self.bar.inc(n);
-    }
-    pub fn finish(&self) {
-        self.bar.finish_and_clear();
     }
 }
 

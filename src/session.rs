@@ -150,6 +150,7 @@ pub fn run_guest(
     compaction_follows: bool,
 ) -> anyhow::Result<GuestReport> {
     let mut stages = BTreeMap::new();
+    let st = crate::progress::stage("mount");
     let t = Instant::now();
     let dir = PathBuf::from(guest::state::STATE_DIR).join(format!("{}.root", std::process::id()));
     std::fs::create_dir(&dir)
@@ -158,6 +159,7 @@ pub fn run_guest(
     state.add_dir(&dir.with_extension("dev"))?;
     let _dir_guard = MountDir(dir.clone());
     let mut g = Guest::mount(image, &dir, args.dry_run)?;
+    st.done();
     stages.insert("mount".to_string(), t.elapsed().as_secs_f64());
     checkpoint("mount")?;
 
@@ -171,10 +173,13 @@ pub fn run_guest(
         allow_run: args.allow_run,
         sandbox: if args.dry_run { None } else { Some(&sandbox) },
     };
+    let mut st = crate::progress::stage("plan");
     let t = Instant::now();
     let mut plans = plan::plan_all(&ctx, profiles).map_err(|e| anyhow::anyhow!(e))?;
     stages.insert("plan".to_string(), t.elapsed().as_secs_f64());
     let freed_bytes = plans.iter().map(|p| p.freed_bytes).sum();
+    st.note(format!("{} to free", human_bytes(freed_bytes)));
+    st.done();
     let mut report = GuestReport {
         dry_run: args.dry_run,
         partitions: g.parts.clone(),
@@ -202,13 +207,17 @@ pub fn run_guest(
             )
         })
         .collect();
+    let mut st = crate::progress::stage("clean");
+    st.items(plans.iter().filter(|p| p.applicable).count() as u64);
     let t = Instant::now();
     for p in plans.iter_mut() {
         if !p.applicable {
             continue;
         }
         interrupted()?;
+        st.message(p.name.clone());
         plan::execute(&ctx, p)?;
+        st.inc(1);
     }
     for m in &g.mounted {
         guest::mount::syncfs(&g.host_path(&m.mountpoint));
@@ -227,9 +236,17 @@ pub fn run_guest(
         });
     }
     report.measured_freed_bytes = Some(measured);
+    st.message("");
+    st.note(format!(
+        "{} profiles, {} freed",
+        plans.iter().filter(|p| p.applicable).count(),
+        human_bytes(measured)
+    ));
+    st.done();
     report.profiles = plans;
     checkpoint("clean")?;
 
+    let mut st = crate::progress::stage("reclaim");
     let t = Instant::now();
     let mapped = |kind: &str| matches!(kind, "ext4" | "xfs" | "swap");
     let skip_mapped = compaction_follows && args.reclaim == ReclaimMode::Auto;
@@ -264,7 +281,13 @@ pub fn run_guest(
     report
         .stages
         .insert("reclaim".to_string(), t.elapsed().as_secs_f64());
+    st.note(format!(
+        "{} reclaimed",
+        human_bytes(report.reclaim.iter().map(|r| r.bytes).sum())
+    ));
+    st.done();
     checkpoint("reclaim")?;
+    let st = crate::progress::stage("unmount");
     let t = Instant::now();
     let errs = g.unmount();
     report.warnings.extend(errs);
@@ -272,6 +295,7 @@ pub fn run_guest(
     report
         .stages
         .insert("unmount".to_string(), t.elapsed().as_secs_f64());
+    st.done();
     Ok(report)
 }
 

@@ -1,7 +1,10 @@
 # Builds a golden image from a local base disk with Packer's qemu builder and
 # finalizes it with vmfinal in a shell-local post-processor.
 #
-#   packer build -var base_image=/path/base.raw -var vmfinal=/usr/local/bin/vmfinal examples/packer/golden.pkr.hcl
+#   packer build -var base_image=/path/base.raw golden.pkr.hcl                    # vmfinal installed (.deb), as root
+#   packer build -var base_image=/path/base.raw -var 'vmfinal=sudo vmfinal' golden.pkr.hcl
+#   packer build -var base_image=/path/base.raw -var vmfinal=$PWD/target/release/vmfinal \
+#     -var post_process=$PWD/scripts/packer-post-process.sh examples/packer/golden.pkr.hcl   # from a clone
 #
 # The qemu builder copies the base image, boots it (provisioners would run
 # here; this example has none: the guest powers itself off once it reached
@@ -28,13 +31,14 @@ variable "output_dir" {
   default = "output-golden"
 }
 variable "vmfinal" {
-  type    = string
-  default = "vmfinal"
+  type        = string
+  default     = "vmfinal"
+  description = "The vmfinal command; may carry arguments, e.g. \"sudo vmfinal\" when Packer does not run as root"
 }
 variable "post_process" {
   type        = string
-  default     = "scripts/packer-post-process.sh"
-  description = "The wrapper shell-local runs"
+  default     = "vmfinal-packer-post-process"
+  description = "The wrapper shell-local runs: on PATH once the .deb is installed; from a clone, its absolute path (scripts/packer-post-process.sh)"
 }
 variable "vmfinal_args" {
   type    = string

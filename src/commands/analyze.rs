@@ -163,7 +163,7 @@ pub fn run(args: &AnalyzeArgs) -> anyhow::Result<super::ExitCode> {
         human_bytes(alloc_bytes),
         human_bytes(vsize - alloc_bytes.min(vsize))
     );
-    println!("partition table: {:?}", scan.table);
+    println!("partition table: {}", table_name(scan.table));
     println!();
     println!(
         "{:>3}  {:<10} {:<12} {:>10} {:>10} {:>10} {:>12}  used",
@@ -213,4 +213,14 @@ pub fn run(args: &AnalyzeArgs) -> anyhow::Result<super::ExitCode> {
         println!("warning: {w}");
     }
     Ok(0)
+}
+
+/// The partition table as people write it: GPT, MBR.
+fn table_name(t: crate::disk::TableKind) -> &'static str {
+    use crate::disk::TableKind;
+    match t {
+        TableKind::Gpt => "GPT",
+        TableKind::Mbr => "MBR",
+        TableKind::None => "none (a filesystem on the whole disk, or nothing known)",
+    }
 }

@@ -16,12 +16,13 @@ pub struct CleanArgs {
     /// Print the report as JSON on stdout
     #[arg(long)]
     pub json: bool,
-    /// Only the summary, not every path (human report)
+    /// No progress, and only the summary, not every path (dry runs too)
     #[arg(short, long)]
     pub quiet: bool,
 }
 
 pub fn run(a: &CleanArgs) -> anyhow::Result<super::ExitCode> {
+    crate::progress::set_quiet(a.quiet);
     let mut state = session::prepare_privileged("clean")?;
     let profiles = a.guest.selected()?;
     let f = std::fs::File::open(&a.image)
@@ -51,7 +52,7 @@ pub fn run(a: &CleanArgs) -> anyhow::Result<super::ExitCode> {
         });
         println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
-        session::print_human(&r, !a.quiet || a.guest.dry_run);
+        session::print_human(&r, !a.quiet);
         if !a.guest.dry_run {
             let st: Vec<String> = ["mount", "plan", "clean", "reclaim", "unmount"]
                 .iter()

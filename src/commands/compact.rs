@@ -3,55 +3,13 @@
 
 use std::path::PathBuf;
 
-use crate::cli::parse_size;
-use crate::convert::{self, ConvertRequest};
+pub use super::output_args::{DestArgs, OutputArgs};
+use crate::convert;
 use crate::image::ImageFormat;
-use crate::image::qcow2::Compression;
-
-/// Output options shared by `compact`, `expand` and `finalize`.
-#[derive(Debug, Clone, clap::Args)]
-pub struct OutputArgs {
-    /// Output file [default: beside IN, with the new extension]
-    #[arg(short = 'o', long = "output", value_name = "OUT")]
-    pub output: Option<PathBuf>,
-    /// Output format [default: from OUT's extension, else qcow2]
-    #[arg(short = 'O', long = "output-format", value_name = "FMT")]
-    pub output_format: Option<ImageFormat>,
-    /// qcow2 cluster compression: zlib (every QEMU) or zstd (QEMU 5.1+)
-    #[arg(long, default_value = "zlib")]
-    pub compression: Compression,
-    /// Compression level [default: zlib 6, zstd 3]
-    #[arg(long, allow_hyphen_values = true)]
-    pub level: Option<i32>,
-    /// Worker threads [default: all cores]
-    #[arg(long)]
-    pub threads: Option<usize>,
-    /// qcow2 cluster size, 4K to 2M
-    #[arg(long, value_parser = parse_size, default_value = "64K")]
-    pub cluster_size: u64,
-    /// .zst frame size (the unit of parallel work and of seeking)
-    #[arg(long, value_parser = parse_size, default_value = "8M")]
-    pub frame_size: u64,
-    /// Overwrite OUT if it exists
-    #[arg(short, long)]
-    pub force: bool,
-    /// Print the report as JSON on stdout
-    #[arg(long)]
-    pub json: bool,
-    /// No progress bar and no summary line
-    #[arg(short, long)]
-    pub quiet: bool,
-    /// Also write OUT.sha256 (`HASH  NAME`, as `sha256sum -c` reads it)
-    #[arg(long, value_name = "ALGO")]
-    pub checksum: Option<crate::artifact::ChecksumKind>,
-    /// Append a build entry to this Packer-style manifest (JSON)
-    #[arg(long, value_name = "FILE")]
-    pub manifest: Option<PathBuf>,
-}
 
 #[derive(Debug, clap::Args)]
 pub struct CompactArgs {
-    /// Input image (raw, qcow2 or .zst)
+    /// Input image (raw, qcow2 or .zst), or - for a raw or .zst stream on stdin
     pub input: PathBuf,
     /// Input format [default: probed by magic]
     #[arg(long = "format", value_name = "FMT")]
@@ -63,50 +21,12 @@ pub struct CompactArgs {
     pub out: OutputArgs,
 }
 
-impl OutputArgs {
-    /// Builds a conversion request for `input`, with `fallback` as the output
-    /// format when neither -O nor the extension says.
-    pub fn request(
-        &self,
-        input: PathBuf,
-        input_format: Option<ImageFormat>,
-        fallback: ImageFormat,
-    ) -> ConvertRequest {
-        let format = self
-            .output_format
-            .or_else(|| {
-                self.output
-                    .as_deref()
-                    .and_then(convert::format_from_extension)
-            })
-            .unwrap_or(fallback);
-        let output = self
-            .output
-            .clone()
-            .unwrap_or_else(|| convert::default_output(&input, format));
-        ConvertRequest {
-            input,
-            input_format,
-            output,
-            output_format: format,
-            compression: self.compression,
-            level: self.level,
-            threads: super::threads_or_default(self.threads),
-            cluster_size: self.cluster_size,
-            frame_size: self.frame_size,
-            force: self.force,
-            quiet: self.quiet,
-            fs_aware: true,
-        }
-    }
-}
-
 pub fn run(args: &CompactArgs) -> anyhow::Result<super::ExitCode> {
-    let mut req = args
-        .out
-        .request(args.input.clone(), args.format, ImageFormat::Qcow2);
+    let mut req = args.out.request(args.input.clone(), args.format)?;
     req.fs_aware = !args.no_fs_aware;
-    let report = convert::convert(&req)?;
+    crate::progress::set_quiet(args.out.quiet);
+    let spool = crate::spool::redirect_stdin(&mut req)?;
+    let report = crate::spool::relabeled(&spool, convert::convert(&req))?;
     publish(&report, "compact", &args.out, serde_json::Value::Null)?;
     Ok(0)
 }
@@ -117,7 +37,7 @@ pub fn run(args: &CompactArgs) -> anyhow::Result<super::ExitCode> {
 pub fn publish(
     report: &crate::report::ConvertReport,
     command: &str,
-    out: &OutputArgs,
+    out: &DestArgs,
     extra: serde_json::Value,
 ) -> anyhow::Result<()> {
     let mut files = vec![report.output.path.clone()];
@@ -148,7 +68,7 @@ pub fn publish(
 }
 
 /// Prints warnings and the summary (stderr) and the JSON report (stdout).
-pub fn emit(report: &crate::report::ConvertReport, command: &str, out: &OutputArgs) {
+pub fn emit(report: &crate::report::ConvertReport, command: &str, out: &DestArgs) {
     for w in &report.warnings {
         eprintln!("vmfinal: warning: {w}");
     }

@@ -1,36 +1,31 @@
-//! `vmfinal expand IN -o OUT.raw`: qcow2 or .zst back to a sparse raw file.
+//! `vmfinal expand IN -o OUT.raw`: qcow2 or .zst back to a sparse raw file
+//! (or a raw stream on stdout with `-o -`).
 
 use std::path::PathBuf;
 
-use super::compact::OutputArgs;
+use super::output_args::DestArgs;
 use crate::convert;
 use crate::image::ImageFormat;
 
 #[derive(Debug, clap::Args)]
+#[command(mut_arg("output", |a| a.help(
+    "Output (always raw), or - for stdout [default: IN with .raw]"
+)))]
 pub struct ExpandArgs {
-    /// Input image (qcow2 or .zst)
+    /// Input image (qcow2 or .zst), or - for a .zst or raw stream on stdin
     pub input: PathBuf,
     /// Input format [default: probed by magic]
     #[arg(long = "format", value_name = "FMT")]
     pub format: Option<ImageFormat>,
     #[command(flatten)]
-    pub out: OutputArgs,
+    pub out: DestArgs,
 }
 
 pub fn run(args: &ExpandArgs) -> anyhow::Result<super::ExitCode> {
-    let mut req = args
-        .out
-        .request(args.input.clone(), args.format, ImageFormat::Raw);
-    if args.out.output_format.is_none() {
-        // expand always means raw, whatever OUT is called.
-        req.output_format = ImageFormat::Raw;
-        if args.out.output.is_none() {
-            req.output = convert::default_output(&args.input, ImageFormat::Raw);
-        }
-    }
-    // Expanding restores the image as it was: free space is copied.
-    req.fs_aware = false;
-    let report = convert::convert(&req)?;
+    let mut req = args.out.expand_request(args.input.clone(), args.format)?;
+    crate::progress::set_quiet(args.out.quiet);
+    let spool = crate::spool::redirect_stdin(&mut req)?;
+    let report = crate::spool::relabeled(&spool, convert::convert(&req))?;
     super::compact::publish(&report, "expand", &args.out, serde_json::Value::Null)?;
     Ok(0)
 }

@@ -49,6 +49,7 @@ impl Drop for Workspace {
 }
 
 pub fn run(a: &FinalizeArgs) -> anyhow::Result<super::ExitCode> {
+    crate::progress::set_quiet(a.out.quiet);
     let mut state = session::prepare_privileged("finalize")?;
     let t0 = Instant::now();
     let profiles = a.guest.selected()?;
@@ -65,7 +66,7 @@ pub fn run(a: &FinalizeArgs) -> anyhow::Result<super::ExitCode> {
             a.input.display()
         );
     }
-    let mut req = a.out.request(a.input.clone(), a.format, ImageFormat::Qcow2);
+    let mut req = a.out.request(a.input.clone(), a.format)?;
     if !a.guest.dry_run {
         if !a.out.force && std::fs::symlink_metadata(&req.output).is_ok() {
             anyhow::bail!("{} exists (use --force to overwrite)", req.output.display());
@@ -77,6 +78,7 @@ pub fn run(a: &FinalizeArgs) -> anyhow::Result<super::ExitCode> {
     let mut stages = std::collections::BTreeMap::new();
 
     // The workspace.
+    let st = crate::progress::stage("workspace");
     let t = Instant::now();
     let ws = if in_fmt == ImageFormat::Raw && (a.in_place || a.guest.dry_run) {
         // A dry run reads the raw input through read-only loop devices.
@@ -115,12 +117,13 @@ pub fn run(a: &FinalizeArgs) -> anyhow::Result<super::ExitCode> {
             cluster_size: 65536,
             frame_size: req.frame_size,
             force: false,
-            quiet: true,
+            quiet: a.out.quiet,
             fs_aware: true,
         };
         convert::convert(&wreq).map_err(|e| e.context("cannot build the raw workspace"))?;
         ws
     };
+    st.done();
     stages.insert("workspace".to_string(), t.elapsed().as_secs_f64());
     crate::interrupt::checkpoint("workspace")?;
 
@@ -156,13 +159,14 @@ pub fn run(a: &FinalizeArgs) -> anyhow::Result<super::ExitCode> {
                 "{}",
                 serde_json::to_string_pretty(&json_doc(None, &stages))?
             );
-        } else {
+        } else if !a.out.quiet {
             session::print_human(&guest, true);
         }
         return Ok(0);
     }
     // Compact.
     crate::interrupt::checkpoint("compact")?;
+    let st = crate::progress::stage("compact");
     let t = Instant::now();
     req.input = ws.path.clone();
     req.input_format = Some(ImageFormat::Raw);
@@ -175,6 +179,7 @@ pub fn run(a: &FinalizeArgs) -> anyhow::Result<super::ExitCode> {
         .input
         .allocated_bytes
         .saturating_sub(report.fs_free_skipped);
+    st.done();
     stages.insert("compact".to_string(), t.elapsed().as_secs_f64());
     let extra = serde_json::json!({
         "input": a.input,
@@ -190,11 +195,7 @@ pub fn run(a: &FinalizeArgs) -> anyhow::Result<super::ExitCode> {
     }
     drop(ws);
     // The checksum and manifest; the human summary follows.
-    let quiet_out = OutputArgs {
-        json: false,
-        quiet: true,
-        ..a.out.clone()
-    };
+    let quiet_out = a.out.quieted();
     super::compact::publish(&report, "finalize", &quiet_out, extra)?;
     stages.insert("total".to_string(), t0.elapsed().as_secs_f64());
     if a.out.json {

@@ -17,6 +17,28 @@ pub struct InfoArgs {
     pub json: bool,
 }
 
+/// The size lines, each named for what it counts: guest bytes holding data
+/// (`allocated`), the file's length, and the host blocks it occupies.
+fn print_sizes(path: &std::path::Path, allocated: u64, host_allocated: u64) {
+    println!(
+        "allocated:       {} ({allocated} bytes of guest data)",
+        human_bytes(allocated)
+    );
+    if let Ok(m) = std::fs::metadata(path)
+        && m.is_file()
+    {
+        println!(
+            "file length:     {} ({} bytes)",
+            human_bytes(m.len()),
+            m.len()
+        );
+    }
+    println!(
+        "host allocated:  {} ({host_allocated} bytes on the host's disk)",
+        human_bytes(host_allocated)
+    );
+}
+
 pub fn run(args: &InfoArgs) -> anyhow::Result<super::ExitCode> {
     let src = image::open(&args.image, args.format)?;
     let allocated = extent::total(&extent::normalize(src.data_extents()?));
@@ -40,15 +62,7 @@ pub fn run(args: &InfoArgs) -> anyhow::Result<super::ExitCode> {
             human_bytes(src.virtual_size()),
             src.virtual_size()
         );
-        println!(
-            "allocated:       {} ({} bytes)",
-            human_bytes(allocated),
-            allocated
-        );
-        println!(
-            "file size:       {}",
-            human_bytes(src.host_allocated_bytes())
-        );
+        print_sizes(&args.image, allocated, src.host_allocated_bytes());
         if let Some(obj) = details.as_object() {
             for (k, v) in obj {
                 let val = match v {

@@ -6,9 +6,12 @@ pub mod check;
 pub mod clean;
 pub mod cleanup;
 pub mod compact;
+pub mod completions;
 pub mod expand;
 pub mod finalize;
 pub mod info;
+pub mod man;
+pub mod output_args;
 pub mod profiles;
 
 /// Outcome of a command: the process exit code.

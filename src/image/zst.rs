@@ -272,9 +272,10 @@ pub fn verify(path: &Path) -> std::result::Result<String, String> {
     ))
 }
 
-/// Writes frames in guest order and the seek table at the end.
+/// Writes frames in guest order and the seek table at the end, strictly in
+/// order (so the same writer serves a file and a stream on stdout).
 pub struct ZstWriter {
-    file: File,
+    out: Box<dyn std::io::Write>,
     path: PathBuf,
     frame_size: u64,
     level: i32,
@@ -287,14 +288,14 @@ pub struct ZstWriter {
 
 impl ZstWriter {
     pub fn new(
-        file: File,
+        out: Box<dyn std::io::Write>,
         path: PathBuf,
         _virtual_size: u64,
         frame_size: u64,
         level: i32,
     ) -> Result<Self, PipelineError> {
         Ok(Self {
-            file,
+            out,
             path,
             frame_size,
             level,
@@ -338,9 +339,8 @@ impl ZstWriter {
 
     fn flush(&mut self) -> Result<(), PipelineError> {
         if !self.buf.is_empty() {
-            self.file
-                .write_all_at(&self.buf, self.pos)
-                .map_err(|e| self.werr(e))?;
+            let r = self.out.write_all(&self.buf);
+            r.map_err(|e| self.werr(e))?;
             self.pos += self.buf.len() as u64;
             self.buf.clear();
         }
@@ -352,6 +352,8 @@ impl ZstWriter {
         let table = encode_seek_table(&self.frames);
         self.buf.extend_from_slice(&table);
         self.flush()?;
+        let r = self.out.flush();
+        r.map_err(|e| self.werr(e))?;
         Ok(self.pos)
     }
 }

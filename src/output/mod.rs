@@ -5,6 +5,7 @@
 //! The format writers live beside their readers (`image::qcow2::writer`,
 //! `image::zst`); the sparse raw writer is here.
 
+pub mod dest;
 pub mod raw;
 
 use std::fs::{File, OpenOptions};

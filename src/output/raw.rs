@@ -1,7 +1,10 @@
-//! Sparse raw output: non-zero units are written at their guest offsets; zero
-//! units and zero jobs are left as holes; the file is sized at the end.
+//! Raw output. `RawWriter`: a sparse file; non-zero units are written at
+//! their guest offsets, zero units and zero jobs are left as holes, the file
+//! is sized at the end. `RawStreamWriter`: every guest byte in order, zeros
+//! included, for a stream on stdout.
 
 use std::fs::File;
+use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 
@@ -65,6 +68,65 @@ impl Sink for RawWriter {
             self.bytes_written += (e - s) as u64;
             i = j;
         }
+        Ok(())
+    }
+}
+
+/// Zeros written at a time for zero jobs of a stream.
+const ZERO_CHUNK: usize = 1 << 20;
+
+/// Every guest byte in guest order (a raw stream has no holes).
+pub struct RawStreamWriter {
+    out: Box<dyn Write>,
+    path: PathBuf,
+    zeros: Vec<u8>,
+    pub bytes_written: u64,
+}
+
+impl RawStreamWriter {
+    pub fn new(out: Box<dyn Write>, path: PathBuf) -> Self {
+        Self {
+            out,
+            path,
+            zeros: Vec::new(),
+            bytes_written: 0,
+        }
+    }
+
+    fn werr(&self, source: std::io::Error) -> PipelineError {
+        PipelineError::Write {
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    /// Flushes; returns the bytes written.
+    pub fn finish(mut self) -> Result<u64, PipelineError> {
+        self.out.flush().map_err(|e| self.werr(e))?;
+        Ok(self.bytes_written)
+    }
+}
+
+impl Sink for RawStreamWriter {
+    fn write_job(&mut self, job: JobOut) -> Result<(), PipelineError> {
+        if !job.is_zero_job() {
+            // Zero units inside a data job are zeros in its buffer already.
+            let r = self.out.write_all(&job.data[..job.len as usize]);
+            r.map_err(|e| self.werr(e))?;
+            self.bytes_written += job.len;
+            return Ok(());
+        }
+        if self.zeros.is_empty() {
+            self.zeros = vec![0u8; ZERO_CHUNK];
+        }
+        let mut left = job.len;
+        while left > 0 {
+            let n = left.min(ZERO_CHUNK as u64) as usize;
+            let r = self.out.write_all(&self.zeros[..n]);
+            r.map_err(|e| self.werr(e))?;
+            left -= n as u64;
+        }
+        self.bytes_written += job.len;
         Ok(())
     }
 }
