@@ -10,14 +10,17 @@
 #   lvm.json    from LVM's own tools (lvs/pvs, not vmfinal): each LV's PV
 #               byte ranges on the disk, in LV order.
 #   root.img, data.img  the filesystems written into the LVs.
+#   win.raw     MBR: p1 vfat (FAT32, 64 MiB, at 1 MiB; files written with
+#               mtools, some deleted), p2 NTFS (256 MiB, at 65 MiB; mkntfs,
+#               files written through ntfs-3g, some deleted).
 #
 #   scripts/make-layout-fixtures.sh OUTDIR [lvm|ntfs|btrfs|fat ...]
-# Needs root, lvm2 (metadata tools only: no activation, no device-mapper),
+# Needs root, lvm2, ntfs-3g, dosfstools, mtools, (metadata tools only: no activation, no device-mapper),
 # e2fsprogs, xfsprogs, util-linux (sfdisk, losetup), python3.
 set -euo pipefail
 out=${1:?usage: make-layout-fixtures.sh OUTDIR [what...]}
 shift
-what=${*:-lvm}
+what=${*:-lvm win}
 mkdir -p "$out"
 out=$(cd "$out" && pwd)
 mnt=$(mktemp -d "$out/mnt.XXXXXX")
@@ -133,6 +136,33 @@ PY
     skip=$(( $(python3 -c "import json;print(json.load(open('$out/lvm.json'))['swap'][0][0])") / M )) count=32
   dd if="$out/data.img" of="$plain" bs=1M seek=161 conv=notrunc status=none
   rm -f "$out/boot.img" "$out/lvs.txt"
+}
+
+win_fixture() {
+  local disk=$out/win.raw src=$out/src
+  rm -f "$disk"; truncate -s 322M "$disk"
+  printf 'label: dos\nstart=2048, size=%d, type=c\nstart=%d, size=%d, type=7\n' \
+    $(( 64 * 2048 )) $(( 65 * 2048 )) $(( 256 * 2048 )) | sfdisk -q "$disk"
+  garbage "$disk" 1 320
+  # vfat through mtools (no vfat in this kernel).
+  attach "$disk" $M $(( 64 * M ))
+  mkfs.vfat -F 32 -s 1 -n VMFESP "$d" >/dev/null
+  detach "$d"
+  rm -rf "$src"; mkdir -p "$src/EFI/BOOT" "$src/gone"
+  head -c 3000000 /dev/urandom > "$src/EFI/BOOT/BOOTX64.EFI"
+  { yes "vmfinal esp" || true; } | head -c 500000 > "$src/EFI/BOOT/grub.cfg"
+  for i in 1 2 3; do head -c 4000000 /dev/urandom > "$src/gone/$i.bin"; done
+  export MTOOLS_SKIP_CHECK=1
+  mcopy -s -i "$disk@@$M" "$src/EFI" "$src/gone" ::/
+  mdeltree -i "$disk@@$M" ::/gone
+  # NTFS through ntfs-3g (FUSE; no ntfs in this kernel).
+  attach "$disk" $(( 65 * M )) $(( 256 * M ))
+  mkntfs -q -F -Q -L vmfdata "$d" >/dev/null
+  ntfs-3g "$d" "$mnt"
+  fill "$mnt"
+  umount "$mnt"
+  detach "$d"
+  rm -rf "$src"
 }
 
 for w in $what; do "${w}_fixture"; done

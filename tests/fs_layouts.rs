@@ -318,3 +318,224 @@ fn analyze_reports_each_lv() {
         "{text}"
     );
 }
+
+/// A read-only loop device over `img` at `off` (+`size`), detached on drop.
+fn loop_ro(img: &Path, off: u64, size: u64) -> Loop {
+    Loop::new(img, off, size)
+}
+
+/// An ntfs-3g (FUSE) read-only mount; unmounted on drop.
+struct NtfsMount(PathBuf);
+impl NtfsMount {
+    fn new(dev: &str, dir: &Path) -> NtfsMount {
+        std::fs::create_dir_all(dir).unwrap();
+        ok(Command::new("ntfs-3g").args(["-o", "ro", dev]).arg(dir));
+        NtfsMount(dir.to_owned())
+    }
+}
+impl Drop for NtfsMount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+const NTFS_AT: u64 = 65 * MIB;
+const NTFS_LEN: u64 = 256 * MIB;
+const ESP_AT: u64 = MIB;
+
+#[test]
+fn ntfs_free_clusters_are_skipped_and_the_volume_comes_back_clean() {
+    let Some(dir) = fixtures() else { return };
+    for t in ["ntfs-3g", "ntfsfix", "ntfsinfo"] {
+        assert!(have(t), "{t} is missing");
+    }
+    let work = tempfile::tempdir_in("/var/tmp").unwrap();
+    let w = work.path();
+    let input = dir.join("win.raw");
+    let q = w.join("win.qcow2");
+    let r = compact_json(&input, &q, &[]);
+    let p = &r["filesystems"][1];
+    assert_eq!(p["filesystem"], "ntfs", "{r}");
+    assert_eq!(p["label"], "vmfdata");
+    assert!(p["skipped_bytes"].as_u64().unwrap() > 200 * MIB, "{p}");
+    let whole = compact_json(&input, &w.join("whole.qcow2"), &["--no-fs-aware"]);
+    assert!(
+        r["output"]["bytes"].as_u64().unwrap() < whole["output"]["bytes"].as_u64().unwrap() / 4,
+        "{r} vs {whole}"
+    );
+    let back = w.join("back.raw");
+    expand(&q, &back);
+    let lb = loop_ro(&back, NTFS_AT, NTFS_LEN);
+    let fix = run(Command::new("ntfsfix").args(["-n", &lb.0]));
+    let fix_out = String::from_utf8_lossy(&fix.stdout);
+    assert!(
+        fix.status.success() && !fix_out.contains("FAILED"),
+        "{fix_out}"
+    );
+    let info = run(Command::new("ntfsinfo").args(["-m", &lb.0]));
+    assert!(
+        info.status.success(),
+        "{}",
+        String::from_utf8_lossy(&info.stderr)
+    );
+    let la = loop_ro(&input, NTFS_AT, NTFS_LEN);
+    let a = NtfsMount::new(&la.0, &w.join("a"));
+    let b = NtfsMount::new(&lb.0, &w.join("b"));
+    let r = ok(Command::new("rsync")
+        .args(["-nrlptDc", "--delete", "--itemize-changes"])
+        .arg(format!("{}/", a.0.display()))
+        .arg(format!("{}/", b.0.display())));
+    assert!(
+        r.stdout.is_empty(),
+        "trees differ:\n{}",
+        String::from_utf8_lossy(&r.stdout)
+    );
+    assert!(a.0.join("random.bin").exists());
+}
+
+/// A copy of `src` in `dir` with byte `at` replaced by `f(byte)`.
+fn patched(src: &Path, dir: &Path, at: u64, f: impl Fn(u8) -> u8) -> PathBuf {
+    use std::os::unix::fs::FileExt;
+    let out = dir.join("patched.raw");
+    ok(Command::new("cp").arg("--sparse=always").arg(src).arg(&out));
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&out)
+        .unwrap();
+    let mut b = [0u8; 1];
+    file.read_exact_at(&mut b, at).unwrap();
+    file.write_all_at(&[f(b[0])], at).unwrap();
+    out
+}
+
+#[test]
+fn ntfs_with_hibernation_or_a_broken_boot_sector_is_copied_whole() {
+    let Some(dir) = fixtures() else { return };
+    let work = tempfile::tempdir_in("/var/tmp").unwrap();
+    let w = work.path();
+    // Windows hibernated: \hiberfil.sys with a "hibr" header, written by ntfs-3g.
+    let hib = w.join("hib.raw");
+    ok(Command::new("cp")
+        .arg("--sparse=always")
+        .arg(dir.join("win.raw"))
+        .arg(&hib));
+    {
+        let l = Loop(
+            String::from_utf8_lossy(
+                &ok(Command::new("losetup")
+                    .args([
+                        "-f",
+                        "--show",
+                        "--offset",
+                        &NTFS_AT.to_string(),
+                        "--sizelimit",
+                        &NTFS_LEN.to_string(),
+                    ])
+                    .arg(&hib))
+                .stdout,
+            )
+            .trim()
+            .to_string(),
+        );
+        let m = w.join("m");
+        std::fs::create_dir_all(&m).unwrap();
+        ok(Command::new("ntfs-3g").arg(&l.0).arg(&m));
+        let mut h = vec![0u8; 8192];
+        h[..4].copy_from_slice(b"hibr");
+        let wrote = std::fs::write(m.join("hiberfil.sys"), &h);
+        ok(Command::new("umount").arg(&m));
+        wrote.unwrap();
+    }
+    let r = compact_json(&hib, &w.join("hib.qcow2"), &[]);
+    assert_eq!(r["filesystems"][1]["skipped_bytes"], 0, "{r}");
+    let warn = r["warnings"].to_string();
+    assert!(
+        warn.contains("hiberfil.sys") && warn.contains("hibernated"),
+        "{warn}"
+    );
+    // ntfs-3g itself refuses it read-write: the same judgement.
+    let l = loop_ro(&hib, NTFS_AT, NTFS_LEN);
+    let m = w.join("m2");
+    std::fs::create_dir_all(&m).unwrap();
+    let tried = run(Command::new("ntfs-3g").arg(&l.0).arg(&m));
+    if tried.status.success() {
+        let _ = Command::new("umount").arg(&m).status();
+    }
+    let said = String::from_utf8_lossy(&tried.stderr);
+    assert!(said.contains("hibernated"), "ntfs-3g: {said}");
+    drop(l);
+    // The boot sector's NTFS signature broken: no longer NTFS, copied whole.
+    let bad = patched(&dir.join("win.raw"), w, NTFS_AT + 3, |b| b ^ 0x20);
+    let r = compact_json(&bad, &w.join("bad.qcow2"), &[]);
+    assert_eq!(r["filesystems"][1]["skipped_bytes"], 0, "{r}");
+}
+
+#[test]
+fn vfat_free_clusters_are_skipped_and_the_esp_comes_back_clean() {
+    let Some(dir) = fixtures() else { return };
+    for t in ["fsck.vfat", "mdir", "mcopy"] {
+        assert!(have(t), "{t} is missing");
+    }
+    let work = tempfile::tempdir_in("/var/tmp").unwrap();
+    let w = work.path();
+    let input = dir.join("win.raw");
+    let q = w.join("win.qcow2");
+    let r = compact_json(&input, &q, &[]);
+    let p = &r["filesystems"][0];
+    assert_eq!(
+        (p["filesystem"].as_str(), p["label"].as_str()),
+        (Some("vfat"), Some("VMFESP")),
+        "{r}"
+    );
+    assert!(p["skipped_bytes"].as_u64().unwrap() > 50 * MIB, "{p}");
+    let back = w.join("back.raw");
+    expand(&q, &back);
+    let esp = w.join("esp.img");
+    extract(&back, &[(ESP_AT, 64 * MIB)], &esp);
+    let fsck = run(Command::new("fsck.vfat").arg("-n").arg(&esp));
+    assert!(
+        fsck.status.success(),
+        "{}",
+        String::from_utf8_lossy(&fsck.stdout)
+    );
+    let listing = |img: &Path| {
+        let o = ok(Command::new("mdir")
+            .env("MTOOLS_SKIP_CHECK", "1")
+            .args(["-/", "-a", "-i"])
+            .arg(format!("{}@@{ESP_AT}", img.display()))
+            .arg("::/"));
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    let (la, lb) = (listing(&input), listing(&back));
+    assert_eq!(la, lb);
+    assert!(la.contains("BOOTX64") && !la.contains("GONE"), "{la}");
+    for (img, d) in [(&input, "a"), (&back, "b")] {
+        std::fs::create_dir_all(w.join(d)).unwrap();
+        ok(Command::new("mcopy")
+            .env("MTOOLS_SKIP_CHECK", "1")
+            .args(["-s", "-n", "-i"])
+            .arg(format!("{}@@{ESP_AT}", img.display()))
+            .arg("::/EFI")
+            .arg(w.join(d)));
+    }
+    ok(Command::new("diff")
+        .arg("-r")
+        .arg(w.join("a"))
+        .arg(w.join("b")));
+    // Copies of the FAT that disagree: copied whole.
+    let reserved = {
+        let b = std::fs::read(&input).unwrap();
+        let at = ESP_AT as usize;
+        let reserved = u16::from_le_bytes([b[at + 14], b[at + 15]]) as u64;
+        let fat = u32::from_le_bytes([b[at + 36], b[at + 37], b[at + 38], b[at + 39]]) as u64;
+        (reserved + fat) * 512 + 4 * 5000
+    };
+    let bad = patched(&input, w, ESP_AT + reserved, |b| b ^ 1);
+    let r = compact_json(&bad, &w.join("bad.qcow2"), &[]);
+    assert_eq!(r["filesystems"][0]["skipped_bytes"], 0, "{r}");
+    assert!(
+        r["warnings"].to_string().contains("FAT copy 2 differs"),
+        "{r}"
+    );
+}

@@ -9,6 +9,7 @@
 pub mod ext4;
 pub mod fat;
 mod lvm;
+pub mod ntfs;
 pub mod swap;
 pub mod xfs;
 
@@ -159,6 +160,8 @@ pub(crate) fn probe(r: &Region) -> Option<(&'static str, Result<FsFree, FsError>
         Some(("swap", swap::free_space(r)))
     } else if fat::detect(r) {
         Some(("vfat", fat::free_space(r)))
+    } else if ntfs::detect(r) {
+        Some(("ntfs", ntfs::free_space(r)))
     } else {
         None
     }
