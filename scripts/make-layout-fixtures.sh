@@ -13,6 +13,8 @@
 #   win.raw     MBR: p1 vfat (FAT32, 64 MiB, at 1 MiB; files written with
 #               mtools, some deleted), p2 NTFS (256 MiB, at 65 MiB; mkntfs,
 #               files written through ntfs-3g, some deleted).
+#   btrfs.raw   MBR: p1 btrfs (512 MiB at 1 MiB; subvolumes @ and @home,
+#               files, some deleted; most of the device never allocated).
 #
 #   scripts/make-layout-fixtures.sh OUTDIR [lvm|ntfs|btrfs|fat ...]
 # Needs root, lvm2, ntfs-3g, dosfstools, mtools, (metadata tools only: no activation, no device-mapper),
@@ -20,7 +22,7 @@
 set -euo pipefail
 out=${1:?usage: make-layout-fixtures.sh OUTDIR [what...]}
 shift
-what=${*:-lvm win}
+what=${*:-lvm win btrfs}
 mkdir -p "$out"
 out=$(cd "$out" && pwd)
 mnt=$(mktemp -d "$out/mnt.XXXXXX")
@@ -163,6 +165,22 @@ win_fixture() {
   umount "$mnt"
   detach "$d"
   rm -rf "$src"
+}
+
+btrfs_fixture() {
+  local disk=$out/btrfs.raw
+  rm -f "$disk"; truncate -s 514M "$disk"
+  printf 'label: dos\nstart=2048, size=%d, type=83\n' $(( 512 * 2048 )) | sfdisk -q "$disk"
+  garbage "$disk" 1 512
+  attach "$disk" $M $(( 512 * M ))
+  mkfs.btrfs -q -f -K -L vmfbtrfs "$d" >/dev/null
+  mount "$d" "$mnt"
+  btrfs -q subvolume create "$mnt/@" >/dev/null
+  btrfs -q subvolume create "$mnt/@home" >/dev/null
+  fill "$mnt/@"
+  fill "$mnt/@home"
+  umount "$mnt"
+  detach "$d"
 }
 
 for w in $what; do "${w}_fixture"; done

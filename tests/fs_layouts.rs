@@ -539,3 +539,56 @@ fn vfat_free_clusters_are_skipped_and_the_esp_comes_back_clean() {
         "{r}"
     );
 }
+
+#[test]
+fn btrfs_unallocated_device_space_is_skipped() {
+    let Some(dir) = fixtures() else { return };
+    assert!(have("btrfs"), "btrfs-progs is missing");
+    let work = tempfile::tempdir_in("/var/tmp").unwrap();
+    let w = work.path();
+    let input = dir.join("btrfs.raw");
+    let q = w.join("btrfs.qcow2");
+    let r = compact_json(&input, &q, &[]);
+    let p = &r["filesystems"][0];
+    assert_eq!(
+        (p["filesystem"].as_str(), p["label"].as_str()),
+        (Some("btrfs"), Some("vmfbtrfs")),
+        "{r}"
+    );
+    assert!(p["skipped_bytes"].as_u64().unwrap() > 200 * MIB, "{p}");
+    let back = w.join("back.raw");
+    expand(&q, &back);
+    // Superblock copies (64 KiB and 64 MiB into the partition) came back.
+    let (a, b) = (
+        std::fs::read(&input).unwrap(),
+        std::fs::read(&back).unwrap(),
+    );
+    for sb in [MIB + 0x10000, MIB + (64 << 20)] {
+        let s = sb as usize;
+        assert_eq!(a[s..s + 4096], b[s..s + 4096], "superblock copy at {sb}");
+        assert_eq!(&b[s + 0x40..s + 0x48], b"_BHRfS_M");
+    }
+    drop((a, b));
+    let lb = loop_ro(&back, MIB, 512 * MIB);
+    let check = run(Command::new("btrfs").args(["check", "--readonly", &lb.0]));
+    assert!(
+        check.status.success(),
+        "btrfs check: {}{}",
+        String::from_utf8_lossy(&check.stdout),
+        String::from_utf8_lossy(&check.stderr)
+    );
+    // The trees: the input's copied out first (both share one fsid, so
+    // they are mounted one after the other).
+    let copy = w.join("copy");
+    {
+        let la = loop_ro(&input, MIB, 512 * MIB);
+        let a = Mount::new(&la.0, &w.join("a"), "btrfs", "ro");
+        ok(Command::new("rsync")
+            .args(["-aHAX"])
+            .arg(format!("{}/", a.0.display()))
+            .arg(&copy));
+    }
+    let m = Mount::new(&lb.0, &w.join("b"), "btrfs", "ro");
+    assert_same_tree(&copy, &m.0, "btrfs");
+    assert!(m.0.join("@home/random.bin").exists());
+}

@@ -6,6 +6,7 @@
 //!
 //! Not here: mounting (the guest module), partition tables (`disk`).
 
+pub mod btrfs;
 pub mod ext4;
 pub mod fat;
 mod lvm;
@@ -162,6 +163,8 @@ pub(crate) fn probe(r: &Region) -> Option<(&'static str, Result<FsFree, FsError>
         Some(("vfat", fat::free_space(r)))
     } else if ntfs::detect(r) {
         Some(("ntfs", ntfs::free_space(r)))
+    } else if btrfs::detect(r) {
+        Some(("btrfs", btrfs::free_space(r)))
     } else {
         None
     }
