@@ -155,14 +155,19 @@ pub fn check_block(b: &[u8], logical: u64, level: u8, e: &Expect) -> Result<(), 
     Ok(())
 }
 
+/// Reads the tree block at a logical address.
+pub type ReadBlock<'a> = dyn FnMut(u64) -> Result<Vec<u8>, String> + 'a;
+/// Visits one leaf item.
+pub type Visit<'a> = dyn FnMut(Key, &[u8]) -> Result<(), String> + 'a;
+
 /// Calls `f(key, item data)` for every leaf item of the tree rooted at
 /// `root` (`level`), reading blocks with `read(logical)`.
 pub fn walk(
     root: u64,
     level: u8,
     e: &Expect,
-    read: &mut dyn FnMut(u64) -> Result<Vec<u8>, String>,
-    f: &mut dyn FnMut(Key, &[u8]) -> Result<(), String>,
+    read: &mut ReadBlock,
+    f: &mut Visit,
 ) -> Result<(), String> {
     if level > MAX_LEVEL {
         return Err(format!("tree of level {level}"));
