@@ -233,18 +233,23 @@ fn interrupted_update_refuses() {
 #[test]
 fn random_corruption_never_panics() {
     let (good, part) = disk_with_pv();
+    let mut disk = MemDisk(good);
     let mut x = 0x9E37_79B9_7F4A_7C15u64;
     for _ in 0..400 {
-        let mut d = good.clone();
+        let mut undo = Vec::new();
         for _ in 0..3 {
             x ^= x << 13;
             x ^= x >> 7;
             x ^= x << 17;
             // Label sector, mda header and text.
             let i = MIB as usize + 512 + (x % 5000) as usize;
-            d[i] ^= (x >> 32) as u8 | 1;
+            undo.push((i, disk.0[i]));
+            disk.0[i] ^= (x >> 32) as u8 | 1;
         }
-        let _ = scan(&MemDisk(d), &[part]);
+        let _ = scan(&disk, &[part]);
+        for (i, b) in undo.into_iter().rev() {
+            disk.0[i] = b;
+        }
     }
     let _ = INITIAL_CRC;
 }

@@ -173,10 +173,12 @@ pub fn walk(
         return Err(format!("tree of level {level}"));
     }
     let mut stack = vec![(root, level)];
-    let mut seen = 0usize;
+    let mut seen = std::collections::HashSet::new();
     while let Some((at, lvl)) = stack.pop() {
-        seen += 1;
-        if seen > MAX_BLOCKS {
+        if !seen.insert(at) {
+            return Err(format!("tree block {at} is referenced twice"));
+        }
+        if seen.len() > MAX_BLOCKS {
             return Err("tree has too many blocks".into());
         }
         let b = read(at)?;

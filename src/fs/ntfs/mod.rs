@@ -6,7 +6,7 @@
 //!
 //! Second source: every in-use MFT record (base and extension records) is
 //! read, and every cluster its non-resident attributes' runlists name must
-//! be marked used in `$Bitmap`. That covers the boot sector (`$Boot`),
+//! be marked used in `$Bitmap`, and named only once. That covers the boot sector (`$Boot`),
 //! `$MFT`, `$MFTMirr`, `$LogFile`, `$Bitmap` itself and every file's data;
 //! one cluster named by a record but marked free, or one unreadable in-use
 //! record, and nothing of the volume is skipped.
@@ -88,7 +88,8 @@ fn read_runs(
     let mut out = vec![0u8; len as usize];
     let end = off + len;
     for run in runs {
-        let (rs, re) = (run.vcn * boot.cluster, (run.vcn + run.len) * boot.cluster);
+        let rs = run.vcn.saturating_mul(boot.cluster);
+        let re = run.vcn.saturating_add(run.len).saturating_mul(boot.cluster);
         let (s, e) = (off.max(rs), end.min(re));
         if s >= e {
             continue;
@@ -297,9 +298,10 @@ pub fn free_space(r: &Region) -> Result<FsFree, FsError> {
 }
 
 /// Reads every MFT record; every cluster an in-use record's runlists name
-/// must be marked in `bitmap`. Returns the record of `\hiberfil.sys`.
+/// must be marked in `bitmap`, and be named only once. Returns the record of `\hiberfil.sys`.
 fn cross_check(mft: &Mft, bitmap: &[u8]) -> Result<Option<u64>, FsError> {
     let per_chunk = (CHUNK / mft.boot.record).max(1);
+    let mut claimed = vec![0u8; bitmap.len()];
     let mut hiber = None;
     let mut n = 0;
     while n < mft.records {
@@ -331,10 +333,20 @@ fn cross_check(mft: &Mft, bitmap: &[u8]) -> Result<Option<u64>, FsError> {
                             .map_err(|e| corrupt(format!("MFT record {num}: {e}")))?;
                         for run in runs {
                             let Some(lcn) = run.lcn else { continue };
-                            if let Some(c) = (lcn..lcn + run.len).find(|&c| !is_marked(bitmap, c)) {
-                                return Err(corrupt(format!(
-                                    "cluster {c} of MFT record {num} is marked free in $Bitmap"
-                                )));
+                            for c in lcn..lcn + run.len {
+                                if !is_marked(bitmap, c) {
+                                    return Err(corrupt(format!(
+                                        "cluster {c} of MFT record {num} is marked free in $Bitmap"
+                                    )));
+                                }
+                                // Each cluster belongs to one attribute: a
+                                // second claim is damage (and bounds the work).
+                                if is_marked(&claimed, c) {
+                                    return Err(corrupt(format!(
+                                        "cluster {c} is claimed twice (MFT record {num})"
+                                    )));
+                                }
+                                claimed[(c / 8) as usize] |= 1 << (c % 8);
                             }
                         }
                     }
@@ -447,9 +459,10 @@ mod tests {
     fn random_corruption_never_panics() {
         let Some(good) = fresh() else { return };
         let mft = mft_at(&good);
+        let mut disk = MemDisk(good);
         let mut x = 0x0123_4567_89ab_cdefu64;
-        for _ in 0..200 {
-            let mut img = good.clone();
+        for _ in 0..300 {
+            let mut undo = Vec::new();
             for _ in 0..3 {
                 x ^= x << 13;
                 x ^= x >> 7;
@@ -459,9 +472,20 @@ mod tests {
                 } else {
                     mft + (x >> 8) as usize % 16384
                 };
-                img[i] ^= (x >> 40) as u8 | 1;
+                undo.push((i, disk.0[i]));
+                disk.0[i] ^= (x >> 40) as u8 | 1;
             }
-            let _ = free_of(&img);
+            {
+                let r = Region {
+                    src: &disk,
+                    start: 0,
+                    len: disk.0.len() as u64,
+                };
+                let _ = free_space(&r);
+            }
+            for (i, b) in undo.into_iter().rev() {
+                disk.0[i] = b;
+            }
         }
     }
 }
