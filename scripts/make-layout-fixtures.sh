@@ -10,6 +10,9 @@
 #   lvm.json    from LVM's own tools (lvs/pvs, not vmfinal): each LV's PV
 #               byte ranges on the disk, in LV order.
 #   root.img, data.img  the filesystems written into the LVs.
+#   lvm2.raw    MBR: p1 and p2 PVs of VG vmfix2 (p1 with two metadata areas,
+#               one at its end); LV big (ext4) spans both PVs; lvm2.json as
+#               lvm.json; big.img the filesystem written into it.
 #   win.raw     MBR: p1 vfat (FAT32, 64 MiB, at 1 MiB; files written with
 #               mtools, some deleted), p2 NTFS (256 MiB, at 65 MiB; mkntfs,
 #               files written through ntfs-3g, some deleted).
@@ -22,7 +25,7 @@
 set -euo pipefail
 out=${1:?usage: make-layout-fixtures.sh OUTDIR [what...]}
 shift
-what=${*:-lvm win btrfs}
+what=${*:-lvm lvm2 win btrfs}
 mkdir -p "$out"
 out=$(cd "$out" && pwd)
 mnt=$(mktemp -d "$out/mnt.XXXXXX")
@@ -138,6 +141,55 @@ PY
     skip=$(( $(python3 -c "import json;print(json.load(open('$out/lvm.json'))['swap'][0][0])") / M )) count=32
   dd if="$out/data.img" of="$plain" bs=1M seek=161 conv=notrunc status=none
   rm -f "$out/boot.img" "$out/lvs.txt"
+}
+
+lvm2_fixture() {
+  local disk=$out/lvm2.raw etc=$out/lvm-etc a b
+  mkfs_filled "$out/big.img" 152 ext4
+  rm -f "$disk"; truncate -s 194M "$disk"
+  printf 'label: dos\nstart=2048, size=%d, type=8e\nstart=%d, size=%d, type=8e\n' \
+    $(( 96 * 2048 )) $(( 97 * 2048 )) $(( 96 * 2048 )) | sfdisk -q "$disk"
+  garbage "$disk" 1 192
+  attach "$disk" $M $(( 96 * M )); a=$d
+  attach "$disk" $(( 97 * M )) $(( 96 * M )); b=$d
+  mkdir -p "$etc"
+  cat > "$etc/lvm.conf" <<CONF
+devices { filter = [ "a|^$a\$|", "a|^$b\$|", "r|.*|" ] obtain_device_list_from_udev = 0 external_device_info_source = "none" }
+backup { backup = 0 archive = 0 }
+activation { udev_sync = 0 udev_rules = 0 monitoring = 0 }
+global { use_lvmpolld = 0 event_activation = 0 }
+CONF
+  local lvm=(env LVM_SYSTEM_DIR="$etc" LVM_SUPPRESS_FD_WARNINGS=1)
+  "${lvm[@]}" pvcreate -q -y --pvmetadatacopies 2 "$a" >/dev/null
+  "${lvm[@]}" pvcreate -q -y "$b" >/dev/null
+  "${lvm[@]}" vgcreate -q -s 4M vmfix2 "$a" "$b" >/dev/null
+  "${lvm[@]}" lvcreate --driverloaded n -an -Zn -q -L 152M -n big vmfix2 "$a" "$b" >/dev/null 2>&1
+  local pa pb
+  pa=$("${lvm[@]}" pvs --noheadings --units b --nosuffix -o pe_start "$a" | tr -d ' ')
+  pb=$("${lvm[@]}" pvs --noheadings --units b --nosuffix -o pe_start "$b" | tr -d ' ')
+  "${lvm[@]}" lvs --noheadings --separator ';' -o lv_name,seg_start_pe,seg_pe_ranges vmfix2 > "$out/lvs2.txt"
+  detach "$a"; detach "$b"
+  python3 - "$out/lvs2.txt" "$disk" "$out/big.img" "$a=$(( M + pa ))" "$b=$(( 97 * M + pb ))" > "$out/lvm2.json" <<'PY'
+import json, sys
+lines, disk, img, devs = sys.argv[1], sys.argv[2], sys.argv[3], dict(a.split('=') for a in sys.argv[4:])
+es = 4 << 20
+pieces = []
+for l in open(lines):
+    name, seg_start, ranges = [x.strip() for x in l.split(';')]
+    for r in ranges.split():
+        dev, span = r.rsplit(':', 1)
+        a, b = span.split('-')
+        pieces.append((int(seg_start), int(devs[dev]) + int(a) * es, (int(b) - int(a) + 1) * es))
+pieces.sort()
+data = open(img, 'rb').read()
+with open(disk, 'r+b') as f:
+    at = 0
+    for _, start, length in pieces:
+        f.seek(start); f.write(data[at:at + length]); at += length
+assert at == len(data), (at, len(data))
+print(json.dumps({"big": [[s, l] for _, s, l in pieces]}))
+PY
+  rm -f "$out/lvs2.txt"
 }
 
 win_fixture() {

@@ -592,3 +592,76 @@ fn btrfs_unallocated_device_space_is_skipped() {
     assert_same_tree(&copy, &m.0, "btrfs");
     assert!(m.0.join("@home/random.bin").exists());
 }
+
+#[test]
+fn lvm_lv_spanning_two_pvs_and_a_second_metadata_area() {
+    let Some(dir) = fixtures() else { return };
+    let work = tempfile::tempdir_in("/var/tmp").unwrap();
+    let w = work.path();
+    let input = dir.join("lvm2.raw");
+    let q = w.join("lvm2.qcow2");
+    let r = compact_json(&input, &q, &[]);
+    assert!(r["warnings"].as_array().unwrap().is_empty(), "{r}");
+    let (p1, p2) = (&r["filesystems"][0], &r["filesystems"][1]);
+    assert_eq!(
+        (p1["label"].as_str(), p2["label"].as_str()),
+        (Some("vmfix2"), Some("vmfix2"))
+    );
+    let lvs = p1["logical_volumes"].as_array().unwrap();
+    assert_eq!(lvs.len(), 1, "{p1}");
+    assert_eq!(
+        (lvs[0]["name"].as_str(), lvs[0]["filesystem"].as_str()),
+        (Some("vmfix2/big"), Some("ext4"))
+    );
+    assert!(p2["logical_volumes"].is_null(), "{p2}");
+    assert!(
+        p1["skipped_bytes"].as_u64().unwrap() > 0 && p2["skipped_bytes"].as_u64().unwrap() > 0,
+        "{r}"
+    );
+    let back = w.join("back.raw");
+    expand(&q, &back);
+    // Both metadata areas of the first PV (at its start and its end) and
+    // the second PV's came back byte for byte: everything before each
+    // PV's first extent and the first PV's last MiB.
+    let (a, b) = (
+        std::fs::read(&input).unwrap(),
+        std::fs::read(&back).unwrap(),
+    );
+    for (s, e) in [(MIB, 2 * MIB), (96 * MIB, 97 * MIB), (97 * MIB, 98 * MIB)] {
+        assert_eq!(
+            a[s as usize..e as usize],
+            b[s as usize..e as usize],
+            "bytes {s}..{e}"
+        );
+    }
+    assert!(
+        b[(96 * MIB) as usize..(97 * MIB) as usize]
+            .iter()
+            .any(|&x| x != 0)
+    );
+    drop((a, b));
+    let pieces =
+        serde_json::from_slice::<serde_json::Value>(&std::fs::read(dir.join("lvm2.json")).unwrap())
+            .unwrap();
+    let got = w.join("big.img");
+    extract(&back, &pieces_of(&pieces, "big"), &got);
+    let check = run(Command::new("e2fsck").arg("-fn").arg(&got));
+    assert!(
+        check.status.success(),
+        "{}",
+        String::from_utf8_lossy(&check.stdout)
+    );
+    let a = Mount::new(
+        &dir.join("big.img").to_string_lossy(),
+        &w.join("a"),
+        "ext4",
+        "ro,loop,noload",
+    );
+    let b = Mount::new(
+        &got.to_string_lossy(),
+        &w.join("b"),
+        "ext4",
+        "ro,loop,noload",
+    );
+    assert_same_tree(&a.0, &b.0, "big");
+}

@@ -72,10 +72,19 @@ pub(crate) fn pv_partition(
         .filter(|p| p.part.index == rep.index)
         .flat_map(|p| p.unused.iter().copied())
         .collect();
-    if vo.parts.first() == Some(&rep.index) {
-        for lv in &vg.lvs {
-            let lr = lv_report(src, allocated, lv, warnings);
-            free.extend(lr.disk_free.iter().copied());
+    // Every PV's figures count the LV free space lying on it; the LVs are
+    // listed (and warned about) once, on the VG's first PV.
+    let first = vo.parts.first() == Some(&rep.index);
+    let mut quiet = Vec::new();
+    for lv in &vg.lvs {
+        let lr = lv_report(
+            src,
+            allocated,
+            lv,
+            if first { &mut *warnings } else { &mut quiet },
+        );
+        free.extend(lr.disk_free.iter().copied());
+        if first {
             rep.logical_volumes.push(lr);
         }
     }
