@@ -4,17 +4,20 @@
 //! block's CRC32c, fsid, bytenr, level and generation are verified. Two
 //! sources must agree: the device's stripes in the chunk tree and its
 //! extents in the device tree (same ranges), whose total must also equal
-//! the device item's `bytes_used`. Never skipped: the first MiB (boot area,
-//! primary superblock) and the superblock copies at 64 MiB, 256 GiB and
-//! 1 PiB. Within-chunk free space is not read.
+//! the device item's `bytes_used`. Inside data chunks, the space no extent
+//! item uses (`extents.rs`; a block group's extents must add up to its
+//! item's `used` bytes). Never skipped: the first MiB (boot area, primary
+//! superblock), the superblock copies at 64 MiB, 256 GiB and 1 PiB, and
+//! anything in metadata, system or mixed chunks.
 //!
 //! Refused (copied whole, with the reason): checksums other than crc32c
 //! (named), several devices, a log tree to replay, the error flag, seeding,
-//! metadump, an fsid or checksum change under way, zoned, extent tree v2,
-//! the raid stripe tree, and unknown incompat bits.
+//! metadump, an fsid or checksum change under way, a balance in progress,
+//! zoned, extent tree v2, the raid stripe tree, and unknown incompat bits.
 //!
 //! Not here: mounting (the guest module).
 
+mod extents;
 mod tree;
 
 use super::{FsError, FsFree, Region};
@@ -33,7 +36,13 @@ const RESERVED: u64 = 1 << 20;
 const DEV_ITEM_AT: usize = 0xc9;
 const SYS_ARRAY_AT: usize = 0x32b;
 const SYS_ARRAY_MAX: usize = 2048;
+const ROOT_TREE_EXTENT: u64 = 2;
 const ROOT_TREE_DEV: u64 = 4;
+const ROOT_TREE_BLOCK_GROUP: u64 = 11;
+/// The root tree's balance item (objectid -4, temporary item key).
+const BALANCE_OBJECTID: u64 = (-4i64) as u64;
+const TEMPORARY_ITEM_KEY: u8 = 248;
+const COMPAT_RO_BLOCK_GROUP_TREE: u64 = 1 << 3;
 const ROOT_ITEM_KEY: u8 = 132;
 const DEV_EXTENT_KEY: u8 = 204;
 const DEV_ITEM_KEY: u8 = 216;
@@ -175,21 +184,25 @@ pub fn free_space(r: &Region) -> Result<FsFree, FsError> {
         }
     }
     // Root tree -> device tree.
-    let mut dev_root = None;
+    let mut roots: Vec<(u64, (u64, u8))> = Vec::new();
+    let mut balance = false;
     tree::walk(
         le64(&sb, 0x50),
         sb[0xc6],
         &e,
         &mut read_with(&chunks),
         &mut |k: Key, d: &[u8]| {
-            if k.objectid == ROOT_TREE_DEV && k.kind == ROOT_ITEM_KEY && d.len() > 238 {
-                dev_root = Some((le64(d, 176), d[238]));
+            if k.kind == ROOT_ITEM_KEY && d.len() > 238 {
+                roots.push((k.objectid, (le64(d, 176), d[238])));
             }
+            balance |= k.objectid == BALANCE_OBJECTID && k.kind == TEMPORARY_ITEM_KEY;
             Ok(())
         },
     )
     .map_err(|m| corrupt(format!("root tree: {m}")))?;
-    let (dev_bytenr, dev_level) = dev_root.ok_or_else(|| corrupt("no device tree"))?;
+    let root_of = |id: u64| roots.iter().find(|r| r.0 == id).map(|r| r.1);
+    let (dev_bytenr, dev_level) =
+        root_of(ROOT_TREE_DEV).ok_or_else(|| corrupt("no device tree"))?;
     let mut dev_extents: Vec<(u64, u64, u64)> = Vec::new(); // (physical, length, chunk)
     tree::walk(
         dev_bytenr,
@@ -259,11 +272,33 @@ pub fn free_space(r: &Region) -> Result<FsFree, FsError> {
         .map(|&o| Extent::new(o, SB_LEN as u64))
         .collect();
     let mut out = FsFree::new(NAME, &label(&sb), dev_total);
+    let mut free = Vec::new();
     if end > RESERVED {
-        let free = extent::subtract(&[Extent::new(RESERVED, end - RESERVED)], &allocated);
-        out.free = extent::subtract(&free, &keep);
+        free = extent::subtract(&[Extent::new(RESERVED, end - RESERVED)], &allocated);
     }
-    // Reported as the filesystem's free space: what it has not allocated.
+    // Inside data chunks: what the extent tree does not use.
+    if balance {
+        return Err(refuse(
+            "has a balance in progress: copied whole; let it finish (`btrfs balance status`)",
+        ));
+    }
+    let extent_root = root_of(ROOT_TREE_EXTENT).ok_or_else(|| corrupt("no extent tree"))?;
+    let bg_root = if le64(&sb, 0xb4) & COMPAT_RO_BLOCK_GROUP_TREE != 0 {
+        Some(root_of(ROOT_TREE_BLOCK_GROUP).ok_or_else(|| corrupt("no block group tree"))?)
+    } else {
+        None
+    };
+    let in_data = extents::data_free(
+        extent_root,
+        bg_root,
+        &e,
+        &chunks,
+        devid,
+        &mut read_with(&chunks),
+    )
+    .map_err(corrupt)?;
+    free.extend(extent::clip(&in_data, RESERVED, end));
+    out.free = extent::subtract(&extent::normalize(free), &keep);
     out.free_bytes = extent::total(&out.free);
     Ok(out)
 }
