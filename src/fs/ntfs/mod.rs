@@ -111,6 +111,7 @@ fn data_runs(rec: &record::Record, boot: &Boot, what: &str) -> Result<(Vec<Run>,
             highest_vcn,
             data_size,
             runs,
+            ..
         }) => {
             let runs = record::decode_runs(runs, 0, boot.clusters)
                 .map_err(|e| corrupt(format!("{what}: {e}")))?;
@@ -250,7 +251,13 @@ pub fn free_space(r: &Region) -> Result<FsFree, FsError> {
     let bm = parse_in_use(&bb, "$Bitmap")?;
     let (bm_runs, bm_size) = data_runs(&bm, &boot, "$Bitmap")?;
     let need = boot.clusters.div_ceil(8);
-    if bm_size < need {
+    // Bytes past the initialized size are not the bitmap's (they read as
+    // zeros: "free"), so the bitmap must be written in full.
+    let bm_init = match bm.unnamed(AT_DATA).map(|a| &a.body) {
+        Some(Body::NonResident { init_size, .. }) => *init_size,
+        _ => 0,
+    };
+    if bm_size < need || bm_init < need {
         return Err(corrupt(format!(
             "$Bitmap holds {bm_size} bytes, the volume needs {need}"
         )));

@@ -64,6 +64,8 @@ pub enum Body<'a> {
         lowest_vcn: u64,
         highest_vcn: u64,
         data_size: u64,
+        /// Bytes written; past them the attribute reads as zeros.
+        init_size: u64,
         runs: &'a [u8],
     },
 }
@@ -117,6 +119,7 @@ pub fn parse_record(b: &[u8]) -> Result<Record<'_>, String> {
                 lowest_vcn: le64(a, 16),
                 highest_vcn: le64(a, 24),
                 data_size: le64(a, 48),
+                init_size: le64(a, 56),
                 runs: a.get(roff..).ok_or("runlist outside the attribute")?,
             }
         };
