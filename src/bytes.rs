@@ -42,6 +42,23 @@ pub fn crc32_reflected(poly: u32, data: &[u8]) -> u32 {
     !crc
 }
 
+/// Bitwise reflected CRC-32 with polynomial `poly`, starting from `init`
+/// and without final inversion (LVM2's `calc_crc` with its own seed).
+pub fn crc32_reflected_raw(poly: u32, init: u32, data: &[u8]) -> u32 {
+    let mut crc = init;
+    for &b in data {
+        crc ^= b as u32;
+        for _ in 0..8 {
+            crc = if crc & 1 != 0 {
+                (crc >> 1) ^ poly
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    crc
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

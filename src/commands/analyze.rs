@@ -119,10 +119,23 @@ pub fn run(args: &AnalyzeArgs) -> anyhow::Result<super::ExitCode> {
         let part_alloc = extent::total(&extent::clip(&allocated, p.start, p.start + p.size));
         live += p.used_bytes.unwrap_or(0).min(part_alloc);
         let mut v = serde_json::to_value(p)?;
+        let mut lv_fnz = Vec::new();
+        for lv in &p.logical_volumes {
+            let alloc_free =
+                extent::subtract(&allocated, &extent::subtract(&allocated, &lv.disk_free));
+            lv_fnz.push(nonzero_bytes(src.as_ref(), &alloc_free)?);
+        }
         if let Some(o) = v.as_object_mut() {
             o.insert("free_not_zero_bytes".into(), fnz.into());
+            if let Some(serde_json::Value::Array(lvs)) = o.get_mut("logical_volumes") {
+                for (l, n) in lvs.iter_mut().zip(&lv_fnz) {
+                    if let Some(lo) = l.as_object_mut() {
+                        lo.insert("free_not_zero_bytes".into(), (*n).into());
+                    }
+                }
+            }
         }
-        parts.push((p.clone(), fnz, v));
+        parts.push((p.clone(), fnz, v, lv_fnz));
     }
     let (sampled, zl, zs) = sample_ratio(src.as_ref(), &to_read)?;
     let read_bytes = extent::total(&to_read);
@@ -169,7 +182,7 @@ pub fn run(args: &AnalyzeArgs) -> anyhow::Result<super::ExitCode> {
         "{:>3}  {:<10} {:<12} {:>10} {:>10} {:>10} {:>12}  used",
         "#", "filesystem", "label", "size", "used", "free", "free, dirty"
     );
-    for (p, fnz, _) in &parts {
+    for (p, fnz, _, lv_fnz) in &parts {
         let (used, free) = (
             p.used_bytes.map(human_bytes).unwrap_or("-".into()),
             p.free_bytes.map(human_bytes).unwrap_or("-".into()),
@@ -185,6 +198,28 @@ pub fn run(args: &AnalyzeArgs) -> anyhow::Result<super::ExitCode> {
             human_bytes(*fnz),
             bar(p.used_bytes.unwrap_or(p.size), p.size, 30)
         );
+        for (lv, fnz) in p.logical_volumes.iter().zip(lv_fnz) {
+            let (used, free) = (
+                lv.used_bytes.map(human_bytes).unwrap_or("-".into()),
+                lv.free_bytes.map(human_bytes).unwrap_or("-".into()),
+            );
+            let fs = if lv.kind == "linear" {
+                lv.filesystem.clone()
+            } else {
+                lv.kind.clone()
+            };
+            println!(
+                "     LV {:<20} {:<12} {:<12} {:>10} {:>10} {:>10} {:>12}  [{}]",
+                lv.name,
+                fs,
+                lv.label,
+                human_bytes(lv.size),
+                used,
+                free,
+                human_bytes(*fnz),
+                bar(lv.used_bytes.unwrap_or(lv.size), lv.size, 30)
+            );
+        }
     }
     println!();
     println!(

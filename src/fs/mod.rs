@@ -6,10 +6,17 @@
 //!
 //! Not here: mounting (the guest module), partition tables (`disk`).
 
+pub mod btrfs;
 pub mod ext4;
+pub mod fat;
+mod lvm;
+pub mod ntfs;
 pub mod swap;
 pub mod xfs;
 
+pub use lvm::LvReport;
+
+use crate::disk::lvm::DiskRange;
 use crate::disk::{self, TableKind};
 use crate::extent::{self, Extent};
 use crate::image::BlockSource;
@@ -102,6 +109,9 @@ pub struct PartitionReport {
     /// Free space used for skipping.
     pub fs_aware: bool,
     pub warning: Option<String>,
+    /// An LVM PV's logical volumes (all of its VG's, on the VG's first PV).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub logical_volumes: Vec<LvReport>,
 }
 
 /// What the probes found on a disk.
@@ -140,6 +150,110 @@ pub(crate) fn recognise(r: &Region) -> Option<&'static str> {
     }
 }
 
+/// The filesystem probes, in order: the name of the first that recognises
+/// `r` and its free-space map (or why it is not used); None if none does.
+pub(crate) fn probe(r: &Region) -> Option<(&'static str, Result<FsFree, FsError>)> {
+    if ext4::detect(r) {
+        Some(("ext", ext4::free_space(r)))
+    } else if xfs::detect(r) {
+        Some(("xfs", xfs::free_space(r)))
+    } else if swap::detect(r) {
+        Some(("swap", swap::free_space(r)))
+    } else if fat::detect(r) {
+        Some(("vfat", fat::free_space(r)))
+    } else if ntfs::detect(r) {
+        Some(("ntfs", ntfs::free_space(r)))
+    } else if btrfs::detect(r) {
+        Some(("btrfs", btrfs::free_space(r)))
+    } else {
+        None
+    }
+}
+
+/// The tool that checks a filesystem of this probe's kind.
+fn check_tool(kind: &str) -> &'static str {
+    match kind {
+        "xfs" => "xfs_repair -n",
+        "vfat" => "fsck.vfat -n",
+        "ntfs" => "ntfsfix -n",
+        "btrfs" => "btrfs check --readonly",
+        _ => "e2fsck -fn",
+    }
+}
+
+/// What the probes found in one region (a partition or an LV).
+pub(crate) struct Finding {
+    pub filesystem: String,
+    pub label: String,
+    pub used_bytes: Option<u64>,
+    pub free_bytes: Option<u64>,
+    pub skipped_bytes: u64,
+    pub fs_aware: bool,
+    pub warning: Option<String>,
+    /// Disk ranges provably free (normalized).
+    pub disk_free: Vec<Extent>,
+}
+
+/// Probes `r`, named `what` in warnings ("partition 2", "LV vg/root"), and
+/// maps its free space to disk ranges with `to_disk` (region-relative,
+/// normalized extents in; disk extents out). Inconsistencies and unclean
+/// states are pushed to `warnings`.
+pub(crate) fn examine(
+    r: &Region,
+    what: &str,
+    allocated: &[Extent],
+    to_disk: &dyn Fn(&[Extent]) -> Vec<Extent>,
+    warnings: &mut Vec<String>,
+) -> Finding {
+    let mut f = Finding {
+        filesystem: String::new(),
+        label: String::new(),
+        used_bytes: None,
+        free_bytes: None,
+        skipped_bytes: 0,
+        fs_aware: false,
+        warning: None,
+        disk_free: Vec::new(),
+    };
+    match probe(r) {
+        Some((_, Ok(free))) => {
+            let rel = extent::clip(&extent::normalize(free.free), 0, r.len);
+            let disk_free = extent::normalize(to_disk(&rel));
+            let skipped = extent::subtract(allocated, &extent::subtract(allocated, &disk_free));
+            f.filesystem = free.fs_type;
+            f.label = free.label;
+            f.free_bytes = Some(free.free_bytes);
+            f.used_bytes = Some(free.size.saturating_sub(free.free_bytes));
+            f.skipped_bytes = extent::total(&skipped);
+            f.fs_aware = true;
+            f.disk_free = disk_free;
+        }
+        Some((kind, Err(e))) => {
+            f.filesystem = e.fs.clone().unwrap_or_else(|| kind.to_string());
+            let msg = if e.unclean {
+                format!("{what} ({}): {}", f.filesystem, e.msg)
+            } else {
+                format!(
+                    "{what} ({}): inconsistent metadata ({}): copied whole; check it with {}",
+                    f.filesystem,
+                    e.msg,
+                    check_tool(kind)
+                )
+            };
+            f.warning = Some(msg.clone());
+            warnings.push(msg);
+        }
+        None => {
+            f.filesystem = recognise(r).unwrap_or("unknown").to_string();
+            f.warning = Some(format!(
+                "{}: free space is not read; copied whole",
+                f.filesystem
+            ));
+        }
+    }
+    f
+}
+
 /// Probes the partition table and filesystems of `source`. `allocated` are
 /// the image's allocated ranges (normalized), for the skipped-bytes figures.
 pub fn scan(source: &dyn BlockSource, allocated: &[Extent]) -> FsScan {
@@ -149,21 +263,17 @@ pub fn scan(source: &dyn BlockSource, allocated: &[Extent]) -> FsScan {
         warnings: table.warnings.clone(),
         ..Default::default()
     };
-    for p in &table.partitions {
-        let r = Region {
-            src: source,
+    let ranges: Vec<DiskRange> = table
+        .partitions
+        .iter()
+        .map(|p| DiskRange {
+            index: p.index,
             start: p.start,
             len: p.size,
-        };
-        let probe: Option<(&str, Result<FsFree, FsError>)> = if ext4::detect(&r) {
-            Some(("ext", ext4::free_space(&r)))
-        } else if xfs::detect(&r) {
-            Some(("xfs", xfs::free_space(&r)))
-        } else if swap::detect(&r) {
-            Some(("swap", swap::free_space(&r)))
-        } else {
-            None
-        };
+        })
+        .collect();
+    let lvm = disk::lvm::scan(source, &ranges);
+    for p in &table.partitions {
         let mut rep = PartitionReport {
             index: p.index,
             start: p.start,
@@ -176,46 +286,44 @@ pub fn scan(source: &dyn BlockSource, allocated: &[Extent]) -> FsScan {
             skipped_bytes: 0,
             fs_aware: false,
             warning: None,
+            logical_volumes: Vec::new(),
         };
-        match probe {
-            Some((_, Ok(f))) => {
-                let disk_free: Vec<Extent> = extent::normalize(
-                    f.free
-                        .iter()
-                        .map(|e| Extent::new(p.start + e.start, e.len))
-                        .collect(),
-                );
-                let disk_free = extent::clip(&disk_free, p.start, p.start + p.size);
-                let skipped = extent::subtract(allocated, &extent::subtract(allocated, &disk_free));
-                rep.filesystem = f.fs_type;
-                rep.label = f.label;
-                rep.free_bytes = Some(f.free_bytes);
-                rep.used_bytes = Some(f.size.saturating_sub(f.free_bytes));
-                rep.skipped_bytes = extent::total(&skipped);
-                rep.fs_aware = true;
-                out.free.extend(disk_free);
-            }
-            Some((kind, Err(e))) => {
-                rep.filesystem = e.fs.clone().unwrap_or_else(|| kind.to_string());
-                let msg = if e.unclean {
-                    format!("partition {} ({}): {}", p.index, rep.filesystem, e.msg)
-                } else {
-                    format!(
-                        "partition {} ({}): inconsistent metadata ({}): copied whole; check it with e2fsck -fn or xfs_repair -n",
-                        p.index, rep.filesystem, e.msg
-                    )
-                };
-                rep.warning = Some(msg.clone());
-                out.warnings.push(msg);
-            }
-            None => {
-                rep.filesystem = recognise(&r).unwrap_or("unknown").to_string();
-                rep.warning = Some(format!(
-                    "{}: free space is not read; copied whole",
-                    rep.filesystem
-                ));
-            }
+        if lvm.is_pv(p.index) {
+            out.free.extend(lvm::pv_partition(
+                source,
+                allocated,
+                &lvm,
+                &mut rep,
+                &mut out.warnings,
+            ));
+            out.partitions.push(rep);
+            continue;
         }
+        let r = Region {
+            src: source,
+            start: p.start,
+            len: p.size,
+        };
+        let to_disk = |v: &[Extent]| -> Vec<Extent> {
+            v.iter()
+                .map(|e| Extent::new(p.start + e.start, e.len))
+                .collect()
+        };
+        let f = examine(
+            &r,
+            &format!("partition {}", p.index),
+            allocated,
+            &to_disk,
+            &mut out.warnings,
+        );
+        rep.filesystem = f.filesystem;
+        rep.label = f.label;
+        rep.used_bytes = f.used_bytes;
+        rep.free_bytes = f.free_bytes;
+        rep.skipped_bytes = f.skipped_bytes;
+        rep.fs_aware = f.fs_aware;
+        rep.warning = f.warning;
+        out.free.extend(f.disk_free);
         out.partitions.push(rep);
     }
     out.free = extent::normalize(std::mem::take(&mut out.free));
