@@ -68,7 +68,8 @@ impl Drop for Ro {
 }
 
 /// A clean failure: non-zero, no panic, one error line (lines of `vmfinal:
-/// cleanup:`, about what dead runs of other tests left, aside).
+/// cleanup:`, about what dead runs of other tests left, and the `vmfinal:
+/// done before the error:` summary of the stages that ran, aside).
 fn clean_failure(out: &std::process::Output) -> String {
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(!out.status.success(), "expected failure: {stderr}");
@@ -76,7 +77,11 @@ fn clean_failure(out: &std::process::Output) -> String {
     assert!(!stderr.contains("panicked"), "panicked: {stderr}");
     let lines: Vec<&str> = stderr
         .lines()
-        .filter(|l| !l.trim().is_empty() && !l.starts_with("vmfinal: cleanup:"))
+        .filter(|l| {
+            !l.trim().is_empty()
+                && !l.starts_with("vmfinal: cleanup:")
+                && !l.starts_with("vmfinal: done before the error:")
+        })
         .collect();
     assert_eq!(lines.len(), 1, "expected one error line, got: {stderr}");
     assert!(lines[0].starts_with("vmfinal: error:"), "{stderr}");
