@@ -11,9 +11,9 @@ vm=target/release/vmfinal
 work=${1:-$(mktemp -d /var/tmp/vmfinal-demo.XXXXXX)}
 mkdir -p "$work"
 scripts/make-bench-image.sh "$work/sample.raw" "$DATA_MIB"
-$vm compact --force "$work/sample.raw" -o "$work/sample.qcow2" --compression zstd
-$vm compact --force "$work/sample.raw" -o "$work/sample.zst"
-$vm check "$work/sample.qcow2"
-$vm info "$work/sample.qcow2"
+$vm compact --format raw --force "$work/sample.raw" -o "$work/sample.qcow2" --compression zstd
+$vm compact --format raw --force "$work/sample.raw" -o "$work/sample.zst"
+$vm check --format qcow2 "$work/sample.qcow2"
+$vm info --format qcow2 "$work/sample.qcow2"
 qemu-img check "$work/sample.qcow2"
 echo "demo outputs are in $work"

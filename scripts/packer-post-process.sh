@@ -11,6 +11,8 @@
 #   VMFINAL_OUTPUT    the artifact [default: IMAGE's directory/golden.qcow2]
 #   VMFINAL_MANIFEST  append a Packer-manifest-shaped entry here
 #                     [default: OUTPUT's directory/manifest.json]
+#   VMFINAL_FORMAT    the builder disk's format: raw (default) or qcow2; passed
+#                     as --format, never guessed from the disk's content
 #   VMFINAL_ARGS      more finalize options [default: --profiles defaults]
 #   VMFINAL           the vmfinal binary [default: vmfinal on PATH]
 #   VMFINAL_KEEP_INPUT=1 keeps the builder's raw disk (default: removed after
@@ -27,7 +29,7 @@ out=${2:-${VMFINAL_OUTPUT:-$(dirname "$img")/golden.qcow2}}
 manifest=${VMFINAL_MANIFEST:-$(dirname "$out")/manifest.json}
 vmfinal=${VMFINAL:-vmfinal}
 # shellcheck disable=SC2086 # VMFINAL_ARGS is a list of options
-"$vmfinal" finalize "$img" -o "$out" --force --checksum sha256 --manifest "$manifest" \
+"$vmfinal" finalize --format "${VMFINAL_FORMAT:-raw}" "$img" -o "$out" --force --checksum sha256 --manifest "$manifest" \
   ${VMFINAL_ARGS:---profiles defaults}
 if [ "${VMFINAL_KEEP_INPUT:-0}" != 1 ]; then
   rm -f "$img"

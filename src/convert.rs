@@ -66,6 +66,7 @@ pub fn convert(req: &ConvertRequest) -> anyhow::Result<ConvertReport> {
     }
     let vsize = src.virtual_size();
     check_size_limits(req, vsize)?;
+    crate::interrupt::checkpoint("input")?;
 
     let allocated = extent::normalize(src.data_extents()?);
     let scan = if req.fs_aware {

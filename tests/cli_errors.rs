@@ -134,7 +134,11 @@ fn full_disk() {
             .arg("-o")
             .arg(mnt.join(o)));
         let e = assert_clean_failure(&out);
-        assert!(e.contains("No space left"), "{e}");
+        // Names OUT (not the hidden temporary file), says how much, points to --tmp.
+        assert!(e.contains("no space left"), "{e}");
+        assert!(e.contains(&format!("{}:", mnt.join(o).display())), "{e}");
+        assert!(!e.contains(".vmfinal-"), "{e}");
+        assert!(e.contains("needs up to") && e.contains("--tmp"), "{e}");
         assert_only(&mnt, &[]);
     }
 }

@@ -217,6 +217,11 @@ fn collect(img: &Qcow2Image, rep: &mut CheckReport) -> Result<Refs, ImageError> 
         }
     }
 
+    // With an external data file, data clusters live there and are not
+    // refcounted here (as in QEMU).
+    let data_here = !h
+        .incompatible
+        .has(super::format::IncompatFeatures::EXTERNAL_DATA_FILE);
     // Each distinct L2 table, once.
     let mut tables: Vec<(u64, u64)> = l2_uses.into_iter().collect();
     tables.sort_unstable();
@@ -258,11 +263,11 @@ fn collect(img: &Qcow2Image, rep: &mut CheckReport) -> Result<Refs, ImageError> 
                 }
                 Ok(ClusterMapping::Standard(host))
                 | Ok(ClusterMapping::Subclusters { host, .. })
-                    if host != 0 =>
+                    if host != 0 && data_here =>
                 {
                     refs.add(rep, host, cs, uses, "data cluster");
                 }
-                Ok(ClusterMapping::Zero) if entry & ENTRY_OFFSET_MASK != 0 => {
+                Ok(ClusterMapping::Zero) if entry & ENTRY_OFFSET_MASK != 0 && data_here => {
                     refs.add(rep, entry & ENTRY_OFFSET_MASK, cs, uses, "zero cluster");
                 }
                 Ok(_) => {}

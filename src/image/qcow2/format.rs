@@ -311,8 +311,8 @@ pub fn parse_bitmap_entry(b: &[u8]) -> Option<(usize, BitmapTable)> {
         offset: be64(b, 0),
         entries: be32(b, 8),
     };
-    let name_len = be16(b, 14) as usize;
-    let extra = be32(b, 16) as usize;
+    let name_len = be16(b, 18) as usize;
+    let extra = be32(b, 20) as usize;
     let len = 24usize
         .checked_add(extra)?
         .checked_add(name_len)?

@@ -123,8 +123,13 @@ impl Qcow2Image {
         let mut head = vec![0u8; file_len.min(cs) as usize];
         host.read_exact_at(&mut head, 0)
             .map_err(|e| io_err(path, e))?;
+        // Extensions end where the backing file name starts (as in QEMU).
+        let ext_end = match header.backing_file_offset {
+            0 => head.len(),
+            o => (o.min(head.len() as u64)) as usize,
+        };
         let ext = if header.version >= 3 {
-            parse_extensions(&head, header.header_length as usize)
+            parse_extensions(&head[..ext_end], header.header_length as usize)
         } else {
             Extensions::default()
         };
@@ -561,13 +566,15 @@ impl BlockSource for Qcow2Image {
         ImageFormat::Qcow2
     }
     fn virtual_size(&self) -> u64 {
-        self.header.size
+        // QEMU counts whole sectors: a size that is not a multiple of 512
+        // is rounded down (bs->total_sectors = size / 512).
+        self.header.size / 512 * 512
     }
     fn data_extents(&self) -> Result<Vec<Extent>> {
         let cs = self.header.cluster_size();
         let per = self.header.l2_entries();
         let sc = cs / SUBCLUSTERS;
-        let size = self.header.size;
+        let size = self.virtual_size();
         if let Some(r) = &self.refusal {
             return Err(self.unsupported(r.explain()));
         }
