@@ -51,6 +51,9 @@ pub fn append_manifest(
     artifact: &Path,
     custom: Value,
 ) -> anyhow::Result<()> {
+    // Parallel builds append to one manifest: read, add and replace it
+    // under an exclusive lock, or entries are lost.
+    let _lock = ManifestLock::take(manifest)?;
     let mut doc: Value = match std::fs::read(manifest) {
         Ok(bytes) if !bytes.is_empty() => serde_json::from_slice(&bytes)
             .with_context(|| format!("{}: not a JSON manifest", manifest.display()))?,
@@ -92,6 +95,41 @@ pub fn append_manifest(
         obj.insert("last_run_uuid".into(), Value::String(u));
     }
     write_atomic(manifest, serde_json::to_string_pretty(&doc)?.as_bytes())
+}
+
+/// `flock` on `.NAME.lock` beside the manifest (the manifest itself is
+/// replaced by rename, so it cannot carry the lock). Released on drop.
+struct ManifestLock(std::fs::File);
+
+impl ManifestLock {
+    fn take(manifest: &Path) -> anyhow::Result<Self> {
+        use std::os::fd::AsRawFd;
+        let name = manifest
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let lock = manifest.with_file_name(format!(".{name}.lock"));
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock)
+            .with_context(|| format!("{}: cannot create the manifest lock", lock.display()))?;
+        loop {
+            // SAFETY: flock on a descriptor we own; no memory is passed.
+            let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) };
+            if rc == 0 {
+                return Ok(Self(f));
+            }
+            let e = std::io::Error::last_os_error();
+            if e.kind() != std::io::ErrorKind::Interrupted {
+                return Err(e).with_context(|| format!("{}: cannot lock", lock.display()));
+            }
+            if crate::interrupt::requested() {
+                anyhow::bail!(crate::pipeline::PipelineError::Interrupted);
+            }
+        }
+    }
 }
 
 fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {

@@ -106,9 +106,24 @@ pub fn run(args: &CompactArgs) -> anyhow::Result<super::ExitCode> {
         .out
         .request(args.input.clone(), args.format, ImageFormat::Qcow2);
     req.fs_aware = !args.no_fs_aware;
+    let _state = register_temp(&req.output);
     let report = convert::convert(&req)?;
     publish(&report, "compact", &args.out, serde_json::Value::Null)?;
     Ok(0)
+}
+
+/// As root, records the temporary output in `/run/vmfinal/PID.json`, so
+/// that `vmfinal cleanup` removes it if this run is killed (the next run
+/// to the same OUT removes it either way). Dropping the state removes the
+/// record.
+pub fn register_temp(output: &std::path::Path) -> Option<crate::guest::state::State> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return None;
+    }
+    let mut s = crate::guest::state::State::create().ok()?;
+    s.add_file(&crate::output::temp_path_for(output)).ok()?;
+    Some(s)
 }
 
 /// Writes the checksum and manifest entry if asked, then prints the report.

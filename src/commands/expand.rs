@@ -30,6 +30,7 @@ pub fn run(args: &ExpandArgs) -> anyhow::Result<super::ExitCode> {
     }
     // Expanding restores the image as it was: free space is copied.
     req.fs_aware = false;
+    let _state = super::compact::register_temp(&req.output);
     let report = convert::convert(&req)?;
     super::compact::publish(&report, "expand", &args.out, serde_json::Value::Null)?;
     Ok(0)

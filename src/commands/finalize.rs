@@ -122,6 +122,16 @@ pub fn run(a: &FinalizeArgs) -> anyhow::Result<super::ExitCode> {
         ws
     };
     stages.insert("workspace".to_string(), t.elapsed().as_secs_f64());
+    // Cleaning the input in place: QEMU's locks say nobody else may use it
+    // (released before compaction reads it back).
+    let in_place_lock = if ws.path == a.input && !a.guest.dry_run {
+        let f = std::fs::File::open(&a.input)?;
+        image::lock::lock(&f, image::lock::LockMode::Exclusive)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", a.input.display()))?;
+        Some(f)
+    } else {
+        None
+    };
     crate::interrupt::checkpoint("workspace")?;
 
     let guest = session::run_guest(&ws.path, &profiles, &a.guest, &mut state, true)?;
@@ -162,6 +172,7 @@ pub fn run(a: &FinalizeArgs) -> anyhow::Result<super::ExitCode> {
         return Ok(0);
     }
     // Compact.
+    drop(in_place_lock);
     crate::interrupt::checkpoint("compact")?;
     let t = Instant::now();
     req.input = ws.path.clone();
