@@ -99,7 +99,9 @@ pub fn append_manifest(
 
 /// `flock` on `.NAME.lock` beside the manifest (the manifest itself is
 /// replaced by rename, so it cannot carry the lock). Released on drop.
-struct ManifestLock(std::fs::File);
+struct ManifestLock {
+    _file: std::fs::File,
+}
 
 impl ManifestLock {
     fn take(manifest: &Path) -> anyhow::Result<Self> {
@@ -119,7 +121,7 @@ impl ManifestLock {
             // SAFETY: flock on a descriptor we own; no memory is passed.
             let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) };
             if rc == 0 {
-                return Ok(Self(f));
+                return Ok(Self { _file: f });
             }
             let e = std::io::Error::last_os_error();
             if e.kind() != std::io::ErrorKind::Interrupted {

@@ -64,13 +64,14 @@ struct Eio {
 impl Eio {
     fn new(dir: &Path, args: &[&str]) -> Eio {
         std::fs::create_dir_all(dir).unwrap();
-        let child = Command::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/eio-fuse.py"))
-            .arg(dir)
-            .args(args)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
+        let mut child =
+            Command::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/eio-fuse.py"))
+                .arg(dir)
+                .args(args)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap();
         for _ in 0..100 {
             let m = std::fs::read_to_string("/proc/self/mounts").unwrap();
             if m.contains(&format!(" {} fuse", dir.display())) {
@@ -81,6 +82,8 @@ impl Eio {
             }
             std::thread::sleep(Duration::from_millis(100));
         }
+        let _ = child.kill();
+        let _ = child.wait();
         panic!("eio-fuse.py did not mount");
     }
 }

@@ -20,14 +20,6 @@ fn rd64(p: &Path, at: u64) -> u64 {
         .unwrap();
     u64::from_be_bytes(b)
 }
-fn rd32(p: &Path, at: u64) -> u32 {
-    let mut b = [0u8; 4];
-    std::fs::File::open(p)
-        .unwrap()
-        .read_exact_at(&mut b, at)
-        .unwrap();
-    u32::from_be_bytes(b)
-}
 fn patch(p: &Path, at: u64, bytes: &[u8]) {
     let f = std::fs::OpenOptions::new().write(true).open(p).unwrap();
     f.write_all_at(bytes, at).unwrap();

@@ -102,7 +102,7 @@ fn a_claimed_4_gib_frame_is_refused_before_allocating() {
     let f = zstd::bulk::compress(&vec![0x5au8; 64 << 20], 19).unwrap();
     let z = d.path().join("big.zst");
     // ...that the seek table says holds 4 GiB - 1.
-    frames_file(&z, &[f.clone()], &[(f.len() as u32, u32::MAX)]);
+    frames_file(&z, std::slice::from_ref(&f), &[(f.len() as u32, u32::MAX)]);
     let out = d.path().join("o.raw");
     let o = bounded(
         &[

@@ -215,7 +215,7 @@ pub fn choose_format(
 /// functions, such as `check`).
 pub enum Opened {
     Raw(raw::RawImage),
-    Qcow2(qcow2::Qcow2Image),
+    Qcow2(Box<qcow2::Qcow2Image>),
     Zst(zst::ZstImage),
 }
 
@@ -223,7 +223,7 @@ impl Opened {
     pub fn into_source(self) -> Box<dyn BlockSource> {
         match self {
             Opened::Raw(r) => Box::new(r),
-            Opened::Qcow2(q) => Box::new(q),
+            Opened::Qcow2(q) => q,
             Opened::Zst(z) => Box::new(z),
         }
     }
@@ -275,7 +275,9 @@ pub fn open_inspect(path: &Path, forced: Option<ImageFormat>) -> Result<Opened> 
     }
     let opened = match format {
         ImageFormat::Raw => Opened::Raw(raw::RawImage::open(file, path)?),
-        ImageFormat::Qcow2 => Opened::Qcow2(qcow2::Qcow2Image::inspect(Box::new(host), path)?),
+        ImageFormat::Qcow2 => {
+            Opened::Qcow2(Box::new(qcow2::Qcow2Image::inspect(Box::new(host), path)?))
+        }
         ImageFormat::Zst => Opened::Zst(zst::ZstImage::open_host(Box::new(host), path)?),
     };
     if decided == Decided::Probed {

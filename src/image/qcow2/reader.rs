@@ -421,17 +421,15 @@ impl Qcow2Image {
         let cs = h.cluster_size();
         match m {
             ClusterMapping::Standard(off) | ClusterMapping::Subclusters { host: off, .. }
-                if off != 0 =>
+                if off != 0
+                    && off
+                        .checked_add(cs)
+                        .is_none_or(|end| end > self.file_len.next_multiple_of(cs)) =>
             {
-                if off
-                    .checked_add(cs)
-                    .is_none_or(|end| end > self.file_len.next_multiple_of(cs))
-                {
-                    return Err(self.truncated(format!(
-                        "guest cluster {gc}: data at offset {off} lies past the end of the file ({} bytes)",
-                        self.file_len
-                    )));
-                }
+                return Err(self.truncated(format!(
+                    "guest cluster {gc}: data at offset {off} lies past the end of the file ({} bytes)",
+                    self.file_len
+                )));
             }
             ClusterMapping::Compressed { offset, .. } if offset >= self.file_len => {
                 return Err(self.truncated(format!(
@@ -526,32 +524,51 @@ impl Qcow2Image {
     }
 }
 
+thread_local! {
+    /// One inflater and one zstd context per thread, reset per cluster.
+    static INFLATE: std::cell::RefCell<Option<flate2::Decompress>> =
+        const { std::cell::RefCell::new(None) };
+    static ZSTD: std::cell::RefCell<Option<zstd::zstd_safe::DCtx<'static>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
 /// QEMU's `qcow2_zlib_decompress`: raw deflate, window bits 12; success is a
 /// full output buffer (the stream may be cut at the end of the sector).
 pub fn inflate_cluster(c: &[u8], cs: usize) -> Option<Vec<u8>> {
-    let mut d = flate2::Decompress::new_with_window_bits(false, 12);
-    let mut out = Vec::with_capacity(cs);
-    d.decompress_vec(c, &mut out, flate2::FlushDecompress::Finish)
-        .ok()?;
-    (out.len() == cs).then_some(out)
+    INFLATE.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        let d = slot.get_or_insert_with(|| flate2::Decompress::new_with_window_bits(false, 12));
+        d.reset(false);
+        let mut out = Vec::with_capacity(cs);
+        d.decompress_vec(c, &mut out, flate2::FlushDecompress::Finish)
+            .ok()?;
+        (out.len() == cs).then_some(out)
+    })
 }
 
 /// QEMU's `qcow2_zstd_decompress`: stream frames until `cs` bytes came out,
 /// failing when a step makes no progress.
 pub fn zstd_cluster(c: &[u8], cs: usize) -> Option<Vec<u8>> {
-    use zstd::zstd_safe::{DCtx, InBuffer, OutBuffer};
-    let mut out = vec![0u8; cs];
-    let mut d = DCtx::try_create()?;
-    let mut ob = OutBuffer::around(&mut out[..]);
-    let mut ib = InBuffer::around(c);
-    while ob.pos() < cs {
-        let (lin, lout) = (ib.pos, ob.pos());
-        d.decompress_stream(&mut ob, &mut ib).ok()?;
-        if ib.pos <= lin && ob.pos() <= lout {
-            return None;
+    use zstd::zstd_safe::{DCtx, InBuffer, OutBuffer, ResetDirective};
+    ZSTD.with(|cell| {
+        let mut slot = cell.borrow_mut();
+        if slot.is_none() {
+            *slot = Some(DCtx::try_create()?);
         }
-    }
-    Some(out)
+        let d = slot.as_mut()?;
+        d.reset(ResetDirective::SessionOnly).ok()?;
+        let mut out = vec![0u8; cs];
+        let mut ob = OutBuffer::around(&mut out[..]);
+        let mut ib = InBuffer::around(c);
+        while ob.pos() < cs {
+            let (lin, lout) = (ib.pos, ob.pos());
+            d.decompress_stream(&mut ob, &mut ib).ok()?;
+            if ib.pos <= lin && ob.pos() <= lout {
+                return None;
+            }
+        }
+        Some(out)
+    })
 }
 
 fn push_merged(out: &mut Vec<Extent>, e: Extent) {
