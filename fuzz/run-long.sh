@@ -8,7 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")"
 t=$1; runs=${2:-10000000}
 bin=target/x86_64-unknown-linux-gnu/release/$t
-[ -x "$bin" ] || cargo +nightly fuzz build -O "$t"
+[ -x "$bin" ] || cargo +nightly fuzz build -O -s none "$t"
 mkdir -p "work/$t" artifacts
 exec nice -n 19 "$bin" "work/$t" "corpus/$t" -runs="$runs" -rss_limit_mb=2048 \
   -print_final_stats=1 -artifact_prefix="artifacts/$t-"

@@ -21,7 +21,7 @@ const SAMPLE_UNIT: u64 = 64 << 10;
 pub struct AnalyzeArgs {
     /// The image (raw or qcow2)
     pub image: PathBuf,
-    /// Input format [default: probed by magic]
+    /// Input format [default: from the name (.raw, .qcow2, .zst); other names are probed]
     #[arg(long = "format", value_name = "FMT")]
     pub format: Option<ImageFormat>,
     /// Machine-readable report on stdout

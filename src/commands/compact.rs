@@ -53,7 +53,7 @@ pub struct OutputArgs {
 pub struct CompactArgs {
     /// Input image (raw, qcow2 or .zst)
     pub input: PathBuf,
-    /// Input format [default: probed by magic]
+    /// Input format [default: from the name (.raw, .qcow2, .zst); other names are probed]
     #[arg(long = "format", value_name = "FMT")]
     pub format: Option<ImageFormat>,
     /// Copy filesystem free space too, instead of skipping it as zeros

@@ -10,7 +10,7 @@ use crate::image::ImageFormat;
 pub struct ExpandArgs {
     /// Input image (qcow2 or .zst)
     pub input: PathBuf,
-    /// Input format [default: probed by magic]
+    /// Input format [default: from the name (.raw, .qcow2, .zst); other names are probed]
     #[arg(long = "format", value_name = "FMT")]
     pub format: Option<ImageFormat>,
     #[command(flatten)]

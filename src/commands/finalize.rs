@@ -17,7 +17,7 @@ use crate::session::{self, GuestArgs};
 pub struct FinalizeArgs {
     /// Input image (raw, qcow2 or .zst)
     pub input: PathBuf,
-    /// Input format [default: probed by magic]
+    /// Input format [default: from the name (.raw, .qcow2, .zst); other names are probed]
     #[arg(long = "format", value_name = "FMT")]
     pub format: Option<ImageFormat>,
     /// Directory for the raw workspace [default: beside OUT]

@@ -375,11 +375,22 @@ fn compare(img: &Qcow2Image, mut refs: Refs, rep: &mut CheckReport) -> Result<()
         let avail = (file_len - off).min(cs) as usize;
         block.fill(0);
         img.pread(&mut block[..avail], off, "refcount block")?;
+        // Only the bytes in the file can be non-zero; zero words are skipped.
         let first = b as u64 * per_block;
-        for j in 0..per_block {
-            let v = refcount_at(&block, j, bits);
-            if v != 0 {
-                stored.push((first + j, v));
+        let per_word = 64 / bits;
+        for (w, word) in block[..avail.next_multiple_of(8).min(block.len())]
+            .chunks(8)
+            .enumerate()
+        {
+            if word.iter().all(|&x| x == 0) {
+                continue;
+            }
+            for k in 0..per_word {
+                let j = w as u64 * per_word + k;
+                let v = refcount_at(&block, j, bits);
+                if v != 0 {
+                    stored.push((first + j, v));
+                }
             }
         }
     }

@@ -494,6 +494,18 @@ mod tests {
     }
 
     #[test]
+    fn limits_follow_qemus_l1_cap() {
+        // 64 KiB clusters: 2 PiB; 2 MiB clusters: 2 EiB.
+        assert!(check_limits(2 << 50, 65536).is_ok());
+        assert!(check_limits((2 << 50) + 512, 65536).is_err());
+        assert!(check_limits(1 << 60, 2 << 20).is_ok());
+        assert!(check_limits(2 << 60, 2 << 20).is_ok());
+        assert!(check_limits(4 << 60, 2 << 20).is_err());
+        assert!(check_limits(u64::MAX, 2 << 20).is_err());
+        assert!(check_limits(1 << 20, 3000).is_err());
+    }
+
+    #[test]
     fn refcount_layout_is_a_fixed_point() {
         for used in [1u64, 100, 32767, 32768, 1 << 20] {
             let (b, t) = refcount_layout(used, 65536, 16);
