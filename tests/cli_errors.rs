@@ -175,7 +175,7 @@ fn interrupted_conversion_leaves_nothing() {
         let start = Instant::now();
         let out = child.wait_with_output().unwrap();
         assert!(
-            start.elapsed() < Duration::from_secs(20),
+            start.elapsed() < Duration::from_secs(60),
             "took too long to stop"
         );
         assert_eq!(
