@@ -18,6 +18,7 @@ targets=$(sed -n 's/^name = "\(.*\)"$/\1/p' fuzz/Cargo.toml | grep -v '^vmfinal-
 (cd fuzz && cargo +nightly fuzz build -O)
 for t in $targets; do
   mkdir -p "fuzz/work/$t" fuzz/artifacts
+  rm -f fuzz/artifacts/"$t"-*
   echo "== fuzz $t (${secs}s)"
   fuzz/target/x86_64-unknown-linux-gnu/release/"$t" "fuzz/work/$t" "fuzz/corpus/$t" \
     -max_total_time="$secs" -rss_limit_mb=2048 -print_final_stats=1 \
