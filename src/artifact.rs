@@ -97,35 +97,31 @@ pub fn append_manifest(
     write_atomic(manifest, serde_json::to_string_pretty(&doc)?.as_bytes())
 }
 
-/// `flock` on `.NAME.lock` beside the manifest (the manifest itself is
-/// replaced by rename, so it cannot carry the lock). Released on drop.
+/// `flock` on the manifest's directory (the manifest itself is replaced by
+/// rename, so it cannot carry the lock, and a lock file would be left
+/// behind). Released on drop.
 struct ManifestLock {
-    _file: std::fs::File,
+    _dir: std::fs::File,
 }
 
 impl ManifestLock {
     fn take(manifest: &Path) -> anyhow::Result<Self> {
         use std::os::fd::AsRawFd;
-        let name = manifest
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let lock = manifest.with_file_name(format!(".{name}.lock"));
-        let f = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock)
-            .with_context(|| format!("{}: cannot create the manifest lock", lock.display()))?;
+        let dir = match manifest.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
+            _ => PathBuf::from("."),
+        };
+        let f = std::fs::File::open(&dir)
+            .with_context(|| format!("{}: cannot open to lock the manifest", dir.display()))?;
         loop {
             // SAFETY: flock on a descriptor we own; no memory is passed.
             let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) };
             if rc == 0 {
-                return Ok(Self { _file: f });
+                return Ok(Self { _dir: f });
             }
             let e = std::io::Error::last_os_error();
             if e.kind() != std::io::ErrorKind::Interrupted {
-                return Err(e).with_context(|| format!("{}: cannot lock", lock.display()));
+                return Err(e).with_context(|| format!("{}: cannot lock", dir.display()));
             }
             if crate::interrupt::requested() {
                 anyhow::bail!(crate::pipeline::PipelineError::Interrupted);

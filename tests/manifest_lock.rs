@@ -37,4 +37,10 @@ fn parallel_runs_keep_every_manifest_entry() {
     let mut want: Vec<String> = (0..n).map(|i| format!("b{i}")).collect();
     want.sort();
     assert_eq!(names, want, "every parallel build's entry is there");
+    let mut keep: Vec<String> = (0..n).map(|i| format!("o{i}.zst")).collect();
+    keep.extend(["in.raw".to_string(), "manifest.json".to_string()]);
+    assert_only(
+        d.path(),
+        &keep.iter().map(|s| s.as_str()).collect::<Vec<_>>(),
+    );
 }
