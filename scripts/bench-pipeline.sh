@@ -151,12 +151,12 @@ done
 # (d) vmfinal finalize; (d') plus bento's extra deletions, for a
 # like-for-like artifact size (examples/profiles/bento-parity.yaml).
 for c in zlib zstd; do
-  timed "d-$c" "$V" finalize -q --profiles defaults,+docs --compression $c -o "$W/d-$c.qcow2" "$image"; w=$T_WALL r=$T_RSS
+  timed "d-$c" "$V" finalize --format raw -q --profiles defaults,+docs --compression $c -o "$W/d-$c.qcow2" "$image"; w=$T_WALL r=$T_RSS
   record "(d) vmfinal finalize --profiles defaults,+docs ($c)" "$w" "$r" "$W/d-$c.qcow2"
   qemu-img check "$W/d-$c.qcow2" >/dev/null
 done
 for c in zlib zstd; do
-  timed "p-$c" "$V" finalize -q --profiles defaults,+docs --profile-file examples/profiles/bento-parity.yaml \
+  timed "p-$c" "$V" finalize --format raw -q --profiles defaults,+docs --profile-file examples/profiles/bento-parity.yaml \
     --compression $c -o "$W/p-$c.qcow2" "$image"; w=$T_WALL r=$T_RSS
   record "(d') vmfinal finalize, same deletions as (a) ($c)" "$w" "$r" "$W/p-$c.qcow2"
 done

@@ -64,13 +64,13 @@ run() {
 q="$workdir/out.qcow2"; z="$workdir/out.zst"
 # Warm the page cache once so every tool reads the same cached file.
 cat "$image" > /dev/null
-run "vmfinal qcow2 zlib"            "$q" "$vm" compact -q --force "$image" -o "$q" --compression zlib
+run "vmfinal qcow2 zlib"            "$q" "$vm" compact --format raw -q --force "$image" -o "$q" --compression zlib
 run "qemu-img -c zlib"              "$q" qemu-img convert -c -O qcow2 "$image" "$q"
 run "qemu-img -c zlib -m16 -W"      "$q" qemu-img convert -c -O qcow2 -m 16 -W "$image" "$q"
-run "vmfinal qcow2 zstd"            "$q" "$vm" compact -q --force "$image" -o "$q" --compression zstd
+run "vmfinal qcow2 zstd"            "$q" "$vm" compact --format raw -q --force "$image" -o "$q" --compression zstd
 run "qemu-img -c zstd"              "$q" qemu-img convert -c -O qcow2 -o compression_type=zstd "$image" "$q"
 run "qemu-img -c zstd -m16 -W"      "$q" qemu-img convert -c -O qcow2 -o compression_type=zstd -m 16 -W "$image" "$q"
-run "vmfinal .zst"                  "$z" "$vm" compact -q --force "$image" -o "$z"
+run "vmfinal .zst"                  "$z" "$vm" compact --format raw -q --force "$image" -o "$z"
 run "zstd -T0 -3"                   "$z" zstd -q -f -T0 -3 "$image" -o "$z"
 
 # Filesystem-aware rows (root): the dirtied bare ext4 fixture, against the
@@ -85,9 +85,9 @@ if [ "$(id -u)" -eq 0 ] && command -v zerofree >/dev/null; then
     local rc=$?; rm -f "$workdir/zf.raw"; return $rc
   }
   export -f zf_pipeline; export dirty workdir
-  run "vmfinal dirty-ext4 zlib"        "$q" "$vm" compact -q --force "$dirty" -o "$q" --compression zlib
+  run "vmfinal dirty-ext4 zlib"        "$q" "$vm" compact --format raw -q --force "$dirty" -o "$q" --compression zlib
   run "zerofree+qemu-img zlib"         "$q" bash -c 'zf_pipeline zlib "$0"' "$q"
-  run "vmfinal dirty-ext4 zstd"        "$q" "$vm" compact -q --force "$dirty" -o "$q" --compression zstd
+  run "vmfinal dirty-ext4 zstd"        "$q" "$vm" compact --format raw -q --force "$dirty" -o "$q" --compression zstd
   run "zerofree+qemu-img zstd"         "$q" bash -c 'zf_pipeline zstd "$0"' "$q"
 else
   echo "(skipping the zerofree rows: they need root and zerofree)"

@@ -28,10 +28,10 @@ mkdir -p "$work"
 
 echo "== compact"
 scripts/make-bench-image.sh "$work/sample.raw" "$DATA_MIB"
-$vm compact --force "$work/sample.raw" -o "$work/sample.qcow2" --compression zstd
-$vm compact --force "$work/sample.raw" -o "$work/sample.zst"
-$vm check "$work/sample.qcow2"
-$vm info "$work/sample.qcow2"
+$vm compact --format raw --force "$work/sample.raw" -o "$work/sample.qcow2" --compression zstd
+$vm compact --format raw --force "$work/sample.raw" -o "$work/sample.zst"
+$vm check --format qcow2 "$work/sample.qcow2"
+$vm info --format qcow2 "$work/sample.qcow2"
 qemu-img check "$work/sample.qcow2"
 # A stream on stdout is byte for byte the .zst file.
 $vm compact -q "$work/sample.raw" -o - | cmp - "$work/sample.zst"

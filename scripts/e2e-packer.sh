@@ -31,7 +31,7 @@ W=$(mktemp -d "$workdir/vmfinal-packer.XXXXXX")
 
 scripts/make-debian-image.sh "$W/base.raw"
 # The base powers itself off after booting (communicator "none").
-"$V" clean -q --profiles none --reclaim none --profile-file examples/packer/base-poweroff.yaml "$W/base.raw"
+"$V" clean --format raw -q --profiles none --reclaim none --profile-file examples/packer/base-poweroff.yaml "$W/base.raw"
 size=$(( $(stat -c %s "$W/base.raw") / 1048576 ))M
 
 cd "$W"

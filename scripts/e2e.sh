@@ -44,12 +44,12 @@ echo "$m0"
 id0=$(field machine-id "$m0")
 
 echo "== 3. finalize"
-"$V" finalize --profiles defaults --dry-run --json "$W/debian.raw" > "$W/dry.json"
+"$V" finalize --format raw --profiles defaults --dry-run --json "$W/debian.raw" > "$W/dry.json"
 t0=$(t)
-"$V" finalize --profiles defaults --compression zstd --json -o "$W/final.qcow2" "$W/debian.raw" > "$W/final.json"
+"$V" finalize --format raw --profiles defaults --compression zstd --json -o "$W/final.qcow2" "$W/debian.raw" > "$W/final.json"
 t_qcow=$(el "$t0" "$(t)")
 t0=$(t)
-"$V" finalize --profiles defaults -q -o "$W/final.zst" "$W/debian.raw"
+"$V" finalize --format raw --profiles defaults -q -o "$W/final.zst" "$W/debian.raw"
 t_zst=$(el "$t0" "$(t)")
 qemu-img check "$W/final.qcow2" >/dev/null
 python3 - "$W/dry.json" "$W/final.json" <<'PY'
@@ -64,14 +64,14 @@ PY
 zstd -tq "$W/final.zst"
 
 echo "== 4. the cleaned guest"
-"$V" expand -q -o "$W/final.raw" "$W/final.qcow2"
+"$V" expand --format qcow2 -q -o "$W/final.raw" "$W/final.qcow2"
 scripts/check-finalized.sh "$W/final.raw" --original "$W/debian.raw" --report "$W/final.json"
 rm -f "$W/final.raw"
 
 echo "== 5. boot the results"
 for art in qcow2 zst; do
   img="$W/final.$art"
-  if [ "$art" = zst ]; then "$V" expand -q -o "$W/from-zst.raw" "$img"; img="$W/from-zst.raw"; fi
+  if [ "$art" = zst ]; then "$V" expand --format zst -q -o "$W/from-zst.raw" "$img"; img="$W/from-zst.raw"; fi
   m=$(scripts/boot-check.sh "$img" --timeout 300)
   echo "$m"
   id=$(field machine-id "$m")

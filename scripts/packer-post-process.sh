@@ -11,6 +11,8 @@
 #   VMFINAL_OUTPUT    the artifact [default: IMAGE's directory/golden.qcow2]
 #   VMFINAL_MANIFEST  append a Packer-manifest-shaped entry here
 #                     [default: OUTPUT's directory/manifest.json]
+#   VMFINAL_FORMAT    the builder disk's format: raw (default) or qcow2; passed
+#                     as --format, never guessed from the disk's content
 #   VMFINAL_ARGS      more finalize options [default: --profiles defaults]
 #   VMFINAL           the vmfinal command, split into words like a shell
 #                     command, the binary last: "sudo vmfinal", "/opt/bin/vmfinal"
@@ -47,7 +49,7 @@ done
 n=${#vmfinal[@]}
 cmd=("${vmfinal[@]:0:n-1}" env "${pass[@]}" "${vmfinal[n-1]}")
 # shellcheck disable=SC2086 # VMFINAL_ARGS is a list of options
-"${cmd[@]}" finalize "$img" -o "$out" --force --checksum sha256 --manifest "$manifest" \
+"${cmd[@]}" finalize --format "${VMFINAL_FORMAT:-raw}" "$img" -o "$out" --force --checksum sha256 --manifest "$manifest" \
   ${VMFINAL_ARGS:---profiles defaults}
 if [ "${VMFINAL_KEEP_INPUT:-0}" != 1 ]; then
   rm -f "$img"

@@ -51,6 +51,9 @@ pub fn append_manifest(
     artifact: &Path,
     custom: Value,
 ) -> anyhow::Result<()> {
+    // Parallel builds append to one manifest: read, add and replace it
+    // under an exclusive lock, or entries are lost.
+    let _lock = ManifestLock::take(manifest)?;
     let mut doc: Value = match std::fs::read(manifest) {
         Ok(bytes) if !bytes.is_empty() => serde_json::from_slice(&bytes)
             .with_context(|| format!("{}: not a JSON manifest", manifest.display()))?,
@@ -92,6 +95,39 @@ pub fn append_manifest(
         obj.insert("last_run_uuid".into(), Value::String(u));
     }
     write_atomic(manifest, serde_json::to_string_pretty(&doc)?.as_bytes())
+}
+
+/// `flock` on the manifest's directory (the manifest itself is replaced by
+/// rename, so it cannot carry the lock, and a lock file would be left
+/// behind). Released on drop.
+struct ManifestLock {
+    _dir: std::fs::File,
+}
+
+impl ManifestLock {
+    fn take(manifest: &Path) -> anyhow::Result<Self> {
+        use std::os::fd::AsRawFd;
+        let dir = match manifest.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
+            _ => PathBuf::from("."),
+        };
+        let f = std::fs::File::open(&dir)
+            .with_context(|| format!("{}: cannot open to lock the manifest", dir.display()))?;
+        loop {
+            // SAFETY: flock on a descriptor we own; no memory is passed.
+            let rc = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) };
+            if rc == 0 {
+                return Ok(Self { _dir: f });
+            }
+            let e = std::io::Error::last_os_error();
+            if e.kind() != std::io::ErrorKind::Interrupted {
+                return Err(e).with_context(|| format!("{}: cannot lock", dir.display()));
+            }
+            if crate::interrupt::requested() {
+                anyhow::bail!(crate::pipeline::PipelineError::Interrupted);
+            }
+        }
+    }
 }
 
 fn write_atomic(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {

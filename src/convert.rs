@@ -6,18 +6,16 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use anyhow::Context;
-
 use crate::extent;
 use crate::fs::FsScan;
 use crate::image::qcow2::Compression;
 use crate::image::qcow2::writer::{Qcow2Writer, Qcow2WriterOptions, cluster_encoder};
-use crate::image::zst::{ZstWriter, frame_encoder};
+use crate::image::zst::{MAX_FRAME_BYTES, MAX_FRAMES, ZstWriter, frame_encoder};
 use crate::image::{self, ImageFormat};
 use crate::output::dest::Destination;
 use crate::output::raw::{RawStreamWriter, RawWriter};
 use crate::output::{OutputError, same_file};
-use crate::pipeline::{self, EncoderFactory, PipelineConfig, PipelineStats};
+use crate::pipeline::{self, EncoderFactory, PipelineConfig, PipelineError, PipelineStats};
 use crate::progress::Transfer;
 use crate::report::{ConvertReport, ImageSummary, OutputSummary};
 
@@ -62,12 +60,17 @@ pub struct ConvertRequest {
 /// Runs one conversion and returns its report.
 pub fn convert(req: &ConvertRequest) -> anyhow::Result<ConvertReport> {
     let started = Instant::now();
+    validate(req)?;
+    if req.output != Path::new("-") {
+        crate::output::check_target(&req.output, req.force)?;
+    }
     let src = image::open(&req.input, req.input_format)?;
     if same_file(&req.input, &req.output) {
         return Err(OutputError::SameAsInput(req.output.clone()).into());
     }
-    validate(req)?;
     let vsize = src.virtual_size();
+    check_size_limits(req, vsize)?;
+    crate::interrupt::checkpoint("input")?;
 
     let allocated = extent::normalize(src.data_extents()?);
     let scan = if req.fs_aware {
@@ -107,8 +110,12 @@ pub fn convert(req: &ConvertRequest) -> anyhow::Result<ConvertReport> {
             let (c, cs) = (req.compression, unit);
             let factory = move || cluster_encoder(c, Some(level), cs);
             let f: &EncoderFactory<'_> = &factory;
-            let stats = pipeline::run(src.as_ref(), &to_read, &cfg, Some(f), &mut w, &on_progress)?;
-            (stats, w.finish()?, unit)
+            let stats = pipeline::run(src.as_ref(), &to_read, &cfg, Some(f), &mut w, &on_progress)
+                .map_err(|e| name_output(e, req, &tmp, &allocated))?;
+            let n = w
+                .finish()
+                .map_err(|e| name_output(e, req, &tmp, &allocated))?;
+            (stats, n, unit)
         }
         ImageFormat::Zst => {
             let unit = req.frame_size;
@@ -116,22 +123,32 @@ pub fn convert(req: &ConvertRequest) -> anyhow::Result<ConvertReport> {
             let mut w = ZstWriter::new(out.writer()?, tmp.clone(), vsize, unit, level)?;
             let factory = move || frame_encoder(level);
             let f: &EncoderFactory<'_> = &factory;
-            let stats = pipeline::run(src.as_ref(), &to_read, &cfg, Some(f), &mut w, &on_progress)?;
-            (stats, w.finish()?, unit)
+            let stats = pipeline::run(src.as_ref(), &to_read, &cfg, Some(f), &mut w, &on_progress)
+                .map_err(|e| name_output(e, req, &tmp, &allocated))?;
+            let n = w
+                .finish()
+                .map_err(|e| name_output(e, req, &tmp, &allocated))?;
+            (stats, n, unit)
         }
         ImageFormat::Raw if out.is_stream() => {
             let unit = RAW_ZERO_GRANULARITY;
             let cfg = config(unit, pref, req.threads);
             let mut w = RawStreamWriter::new(out.writer()?, tmp.clone());
-            let stats = pipeline::run(src.as_ref(), &to_read, &cfg, None, &mut w, &on_progress)?;
-            (stats, w.finish()?, unit)
+            let stats = pipeline::run(src.as_ref(), &to_read, &cfg, None, &mut w, &on_progress)
+                .map_err(|e| name_output(e, req, &tmp, &allocated))?;
+            let n = w
+                .finish()
+                .map_err(|e| name_output(e, req, &tmp, &allocated))?;
+            (stats, n, unit)
         }
         ImageFormat::Raw => {
             let unit = RAW_ZERO_GRANULARITY;
             let cfg = config(unit, pref, req.threads);
             let mut w = RawWriter::new(out.file()?, tmp.clone(), unit, vsize);
-            let stats = pipeline::run(src.as_ref(), &to_read, &cfg, None, &mut w, &on_progress)?;
-            w.finish()?;
+            let stats = pipeline::run(src.as_ref(), &to_read, &cfg, None, &mut w, &on_progress)
+                .map_err(|e| name_output(e, req, &tmp, &allocated))?;
+            w.finish()
+                .map_err(|e| name_output(e, req, &tmp, &allocated))?;
             let alloc = std::fs::metadata(&tmp)
                 .map(|m| image::allocated_bytes(&m))
                 .unwrap_or(0);
@@ -139,8 +156,19 @@ pub fn convert(req: &ConvertRequest) -> anyhow::Result<ConvertReport> {
         }
     };
     progress.finish();
-    out.commit()
-        .with_context(|| format!("could not finish {}", req.output.display()))?;
+    out.commit().map_err(|e| match e {
+        OutputError::Io { source, .. } if source.raw_os_error() == Some(libc::ENOSPC) => {
+            anyhow::anyhow!(no_space(req, &tmp, &allocated))
+        }
+        e => anyhow::Error::new(e).context(format!("could not finish {}", req.output.display())),
+    })?;
+    let mut warnings = scan.warnings;
+    if req.output_format == ImageFormat::Qcow2 && vsize % image::SECTOR != 0 {
+        warnings.push(format!(
+            "the input holds {vsize} bytes, not a whole number of 512-byte sectors: the qcow2's virtual size is {} (rounded up, as qcow2 requires; the added bytes read as zeros)",
+            vsize.next_multiple_of(image::SECTOR)
+        ));
+    }
 
     let seconds = started.elapsed().as_secs_f64();
     Ok(ConvertReport {
@@ -170,7 +198,7 @@ pub fn convert(req: &ConvertRequest) -> anyhow::Result<ConvertReport> {
             .iter()
             .filter_map(|p| serde_json::to_value(p).ok())
             .collect(),
-        warnings: scan.warnings,
+        warnings,
         seconds,
     })
 }
@@ -200,8 +228,11 @@ fn validate(req: &ConvertRequest) -> anyhow::Result<()> {
         anyhow::bail!("--cluster-size must be a power of two from 4K to 2M, not {cs}");
     }
     let fs = req.frame_size;
-    if req.output_format == ImageFormat::Zst && !(64 << 10..=1 << 30).contains(&fs) {
-        anyhow::bail!("--frame-size must be between 64K and 1G, not {fs}");
+    if req.output_format == ImageFormat::Zst && !(64 << 10..=MAX_FRAME_BYTES).contains(&fs) {
+        anyhow::bail!(
+            "--frame-size must be between 64K and {}M, not {fs} (larger frames need too much memory to read back)",
+            MAX_FRAME_BYTES >> 20
+        );
     }
     if let Some(l) = req.level {
         let ok = match (req.output_format, req.compression) {
@@ -214,6 +245,68 @@ fn validate(req: &ConvertRequest) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Limits that depend on the input's size, checked before anything is
+/// created: the qcow2 L1 table QEMU can read, the `.zst` seek table.
+fn check_size_limits(req: &ConvertRequest, vsize: u64) -> anyhow::Result<()> {
+    match req.output_format {
+        ImageFormat::Qcow2 => {
+            crate::image::qcow2::writer::check_limits(vsize, req.cluster_size)?;
+        }
+        ImageFormat::Zst => {
+            let frames = vsize.div_ceil(req.frame_size);
+            if frames > MAX_FRAMES {
+                anyhow::bail!(
+                    "a .zst of {vsize} bytes in frames of {} would have {frames} frames, above the limit of {MAX_FRAMES}; use a larger --frame-size",
+                    req.frame_size
+                );
+            }
+        }
+        ImageFormat::Raw => {}
+    }
+    Ok(())
+}
+
+/// A write error, told about OUT (not the hidden temporary file).
+fn name_output(
+    e: PipelineError,
+    req: &ConvertRequest,
+    tmp: &Path,
+    allocated: &[crate::extent::Extent],
+) -> anyhow::Error {
+    match e {
+        PipelineError::Write { source, .. } if source.raw_os_error() == Some(libc::ENOSPC) => {
+            anyhow::anyhow!(no_space(req, tmp, allocated))
+        }
+        PipelineError::Write { source, .. } => {
+            anyhow::anyhow!("{}: write failed: {source}", req.output.display())
+        }
+        e => e.into(),
+    }
+}
+
+/// The ENOSPC sentence: where, how much was written, how much is needed.
+fn no_space(req: &ConvertRequest, tmp: &Path, allocated: &[crate::extent::Extent]) -> String {
+    let written = std::fs::metadata(tmp)
+        .map(|m| image::allocated_bytes(&m))
+        .unwrap_or(0);
+    let data = extent::total(allocated);
+    let dir = req
+        .output
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    format!(
+        "{}: no space left on the device holding {} after writing {written} bytes; the output needs up to {data} bytes (the input's data{}); free space there, write OUT elsewhere, or for finalize's workspace choose another directory with --tmp DIR",
+        req.output.display(),
+        dir.display(),
+        if req.output_format == ImageFormat::Raw {
+            ""
+        } else {
+            ", before compression"
+        }
+    )
 }
 
 /// The output path used when none is given: beside the input, with the new

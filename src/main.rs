@@ -7,10 +7,27 @@ use vmfinal::pipeline::PipelineError;
 
 /// Exit code after SIGINT/SIGTERM, as shells report it.
 const EXIT_INTERRUPTED: i32 = 130;
+/// Exit code when stdout was closed early (`| head`), as after SIGPIPE.
+const EXIT_BROKEN_PIPE: i32 = 141;
+
+/// True if some cause of `e` is a closed pipe.
+fn broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
 
 fn main() {
     let cli = Cli::parse();
-    if let Err(e) = vmfinal::interrupt::install() {
+    // Commands that create files catch SIGINT/SIGTERM so their guards
+    // unwind; the read-only ones (info, check, analyze, profiles) keep the
+    // default action and stop at once.
+    let writes = !matches!(
+        cli.command,
+        Command::Info(_) | Command::Check(_) | Command::Analyze(_) | Command::Profiles(_)
+    );
+    if writes && let Err(e) = vmfinal::interrupt::install() {
         eprintln!("vmfinal: cannot install signal handlers: {e}");
         std::process::exit(1);
     }
@@ -38,6 +55,9 @@ fn main() {
     match result {
         Ok(code) => std::process::exit(code),
         Err(e) => {
+            if broken_pipe(&e) {
+                std::process::exit(EXIT_BROKEN_PIPE);
+            }
             let staged = matches!(cli.command, Command::Finalize(_) | Command::Clean(_));
             if staged
                 && !vmfinal::progress::quiet()
@@ -71,6 +91,8 @@ fn main() {
             if stream {
                 line.push_str(" (the stream on stdout is incomplete)");
             }
+            // Never more than one line, whatever a cause contained.
+            let line = line.replace(['\n', '\r'], " ");
             eprintln!("vmfinal: error: {line}");
             std::process::exit(1);
         }

@@ -249,7 +249,11 @@ pub fn run(
                     if abort_ref.load(Ordering::Relaxed) {
                         return;
                     }
-                    let out = work(source, job, cfg.unit, encoder.as_deref_mut());
+                    // A panic in a worker becomes this job's error.
+                    let out = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        work(source, job, cfg.unit, encoder.as_deref_mut())
+                    }))
+                    .unwrap_or_else(|p| Err(PipelineError::Other(panic_message(p.as_ref()))));
                     if res_tx.send((seq, out)).is_err() {
                         return;
                     }
@@ -295,6 +299,16 @@ pub fn run(
         result
     })?;
     Ok(stats)
+}
+
+/// "internal error: ..." from a caught panic's payload.
+fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
+    let what = p
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".into());
+    format!("internal error in a worker thread: {what}")
 }
 
 fn account(stats: &mut PipelineStats, job: &JobOut) {

@@ -134,7 +134,11 @@ fn full_disk() {
             .arg("-o")
             .arg(mnt.join(o)));
         let e = assert_clean_failure(&out);
-        assert!(e.contains("No space left"), "{e}");
+        // Names OUT (not the hidden temporary file), says how much, points to --tmp.
+        assert!(e.contains("no space left"), "{e}");
+        assert!(e.contains(&format!("{}:", mnt.join(o).display())), "{e}");
+        assert!(!e.contains(".vmfinal-"), "{e}");
+        assert!(e.contains("needs up to") && e.contains("--tmp"), "{e}");
         assert_only(&mnt, &[]);
     }
 }
@@ -171,7 +175,7 @@ fn interrupted_conversion_leaves_nothing() {
         let start = Instant::now();
         let out = child.wait_with_output().unwrap();
         assert!(
-            start.elapsed() < Duration::from_secs(20),
+            start.elapsed() < Duration::from_secs(60),
             "took too long to stop"
         );
         assert_eq!(

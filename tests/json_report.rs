@@ -88,6 +88,7 @@ fn info_json_schema() {
         keys(&v),
         [
             "allocated_bytes",
+            "compact_refuses",
             "details",
             "format",
             "host_bytes",

@@ -169,8 +169,9 @@ fn empty_and_all_hole_disks() {
         .unwrap();
     for input in [&empty, &holes] {
         let q = d.path().join("o.qcow2");
+        // An empty file is a disk only when --format raw says so.
         ok(vmfinal()
-            .args(["compact", "-q", "--force"])
+            .args(["compact", "-q", "--force", "--format", "raw"])
             .arg(input)
             .arg("-o")
             .arg(&q));
@@ -178,7 +179,7 @@ fn empty_and_all_hole_disks() {
         qemu_img_ok(&["compare", "-q"], &[input, &q]);
         let z = d.path().join("o.zst");
         ok(vmfinal()
-            .args(["compact", "-q", "--force"])
+            .args(["compact", "-q", "--force", "--format", "raw"])
             .arg(input)
             .arg("-o")
             .arg(&z));

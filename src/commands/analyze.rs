@@ -21,7 +21,7 @@ const SAMPLE_UNIT: u64 = 64 << 10;
 pub struct AnalyzeArgs {
     /// The image (raw or qcow2)
     pub image: PathBuf,
-    /// Input format [default: probed by magic]
+    /// Input format [default: from the name (.raw, .qcow2, .zst); other names are probed]
     #[arg(long = "format", value_name = "FMT")]
     pub format: Option<ImageFormat>,
     /// Machine-readable report on stdout
@@ -98,7 +98,15 @@ fn bar(part: u64, whole: u64, width: usize) -> String {
     )
 }
 
+/// Writes a line to stdout; a closed pipe becomes an error, not a panic.
+macro_rules! out {
+    ($w:expr) => { writeln!($w)? };
+    ($w:expr, $($t:tt)*) => { writeln!($w, $($t)*)? };
+}
+
 pub fn run(args: &AnalyzeArgs) -> anyhow::Result<super::ExitCode> {
+    use std::io::Write;
+    let mut so = std::io::stdout().lock();
     let src = image::open(&args.image, args.format)?;
     let vsize = src.virtual_size();
     let allocated = extent::normalize(src.data_extents()?);
@@ -165,10 +173,12 @@ pub fn run(args: &AnalyzeArgs) -> anyhow::Result<super::ExitCode> {
             "efficiency": efficiency,
             "warnings": scan.warnings,
         });
-        println!("{}", serde_json::to_string_pretty(&v)?);
+        drop(so);
+        crate::report::print_json(&v)?;
         return Ok(0);
     }
-    println!(
+    out!(
+        so,
         "{}: {} image, {} virtual, {} allocated, {} holes",
         args.image.display(),
         src.format(),
@@ -176,22 +186,30 @@ pub fn run(args: &AnalyzeArgs) -> anyhow::Result<super::ExitCode> {
         human_bytes(alloc_bytes),
         human_bytes(vsize - alloc_bytes.min(vsize))
     );
-    println!("partition table: {}", table_name(scan.table));
-    println!();
-    println!(
+    out!(so, "partition table: {}", table_name(scan.table));
+    out!(so);
+    out!(
+        so,
         "{:>3}  {:<10} {:<12} {:>10} {:>10} {:>10} {:>12}  used",
-        "#", "filesystem", "label", "size", "used", "free", "free, dirty"
+        "#",
+        "filesystem",
+        "label",
+        "size",
+        "used",
+        "free",
+        "free, dirty"
     );
     for (p, fnz, _, lv_fnz) in &parts {
         let (used, free) = (
             p.used_bytes.map(human_bytes).unwrap_or("-".into()),
             p.free_bytes.map(human_bytes).unwrap_or("-".into()),
         );
-        println!(
+        out!(
+            so,
             "{:>3}  {:<10} {:<12} {:>10} {:>10} {:>10} {:>12}  [{}]",
             p.index,
-            p.filesystem,
-            p.label,
+            printable(&p.filesystem),
+            printable(&p.label),
             human_bytes(p.size),
             used,
             free,
@@ -208,11 +226,12 @@ pub fn run(args: &AnalyzeArgs) -> anyhow::Result<super::ExitCode> {
             } else {
                 lv.kind.clone()
             };
-            println!(
+            out!(
+                so,
                 "     LV {:<20} {:<12} {:<12} {:>10} {:>10} {:>10} {:>12}  [{}]",
-                lv.name,
+                printable(&lv.name),
                 fs,
-                lv.label,
+                printable(&lv.label),
                 human_bytes(lv.size),
                 used,
                 free,
@@ -221,41 +240,55 @@ pub fn run(args: &AnalyzeArgs) -> anyhow::Result<super::ExitCode> {
             );
         }
     }
-    println!();
-    println!(
+    out!(so);
+    out!(
+        so,
         "free but not zero:  {} (what a zero-fill would reclaim; vmfinal compact skips it without one)",
         human_bytes(total_fnz)
     );
-    println!(
+    out!(
+        so,
         "compact would read: {} of {} allocated",
         human_bytes(read_bytes),
         human_bytes(alloc_bytes)
     );
-    println!(
+    out!(
+        so,
         "estimated qcow2:    zlib {}, zstd {} (from a {} sample)",
         human_bytes(est(zl)),
         human_bytes(est(zs)),
         human_bytes(sampled)
     );
     if let Some(e) = efficiency {
-        println!(
+        out!(
+            so,
             "efficiency:         {:.1}% of allocated bytes are live filesystem data  [{}]",
             e * 100.0,
             bar((e * 1000.0) as u64, 1000, 30)
         );
     }
     for w in &scan.warnings {
-        println!("warning: {w}");
+        out!(so, "warning: {}", printable(w));
     }
+    so.flush()?;
     Ok(0)
 }
 
-/// The partition table as people write it: GPT, MBR.
+/// Partition tables as people write them.
 fn table_name(t: crate::disk::TableKind) -> &'static str {
-    use crate::disk::TableKind;
     match t {
-        TableKind::Gpt => "GPT",
-        TableKind::Mbr => "MBR",
-        TableKind::None => "none (a filesystem on the whole disk, or nothing known)",
+        crate::disk::TableKind::Gpt => "GPT",
+        crate::disk::TableKind::Mbr => "MBR",
+        crate::disk::TableKind::None => "none (a filesystem on the whole disk, or nothing known)",
+    }
+}
+
+/// Text from the guest (labels), escaped only where it needs it.
+fn printable(s: &str) -> String {
+    let e = crate::report::escape(s);
+    if e.len() == s.len() + 2 {
+        s.to_string()
+    } else {
+        e
     }
 }

@@ -11,6 +11,9 @@ use crate::session::{self, GuestArgs};
 pub struct CleanArgs {
     /// Raw disk image to clean in place
     pub image: PathBuf,
+    /// Input format (only raw is cleaned in place) [default: from the name, else probed]
+    #[arg(long = "format", value_name = "FMT")]
+    pub format: Option<ImageFormat>,
     #[command(flatten)]
     pub guest: GuestArgs,
     /// Print the report as JSON on stdout
@@ -30,7 +33,7 @@ pub fn run(a: &CleanArgs) -> anyhow::Result<super::ExitCode> {
     if !f.metadata()?.is_file() {
         anyhow::bail!("{} is not a regular file", a.image.display());
     }
-    let fmt = image::probe_format(&f, &a.image)?;
+    let (fmt, _) = image::choose_format(&a.image, &f, a.format)?;
     if fmt != ImageFormat::Raw {
         anyhow::bail!(
             "{} is {fmt}: clean changes raw images in place; use `vmfinal finalize {} -o OUT` for {fmt}",
@@ -38,6 +41,10 @@ pub fn run(a: &CleanArgs) -> anyhow::Result<super::ExitCode> {
             a.image.display()
         );
     }
+    // QEMU's locks: nobody else may use the disk while it changes, and a
+    // running VM's disk is refused.
+    image::lock::lock(&f, image::lock::LockMode::Exclusive)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", a.image.display()))?;
     let t0 = Instant::now();
     let before = image::allocated_bytes(&f.metadata()?);
     let r = session::run_guest(&a.image, &profiles, &a.guest, &mut state, false)?;

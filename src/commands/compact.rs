@@ -11,7 +11,7 @@ use crate::image::ImageFormat;
 pub struct CompactArgs {
     /// Input image (raw, qcow2 or .zst), or - for a raw or .zst stream on stdin
     pub input: PathBuf,
-    /// Input format [default: probed by magic]
+    /// Input format [default: from the name (.raw, .qcow2, .zst); other names are probed]
     #[arg(long = "format", value_name = "FMT")]
     pub format: Option<ImageFormat>,
     /// Copy filesystem free space too, instead of skipping it as zeros
@@ -25,10 +25,29 @@ pub fn run(args: &CompactArgs) -> anyhow::Result<super::ExitCode> {
     let mut req = args.out.request(args.input.clone(), args.format)?;
     req.fs_aware = !args.no_fs_aware;
     crate::progress::set_quiet(args.out.quiet);
+    let _state = register_temp(&req.output);
     let spool = crate::spool::redirect_stdin(&mut req)?;
     let report = crate::spool::relabeled(&spool, convert::convert(&req))?;
     publish(&report, "compact", &args.out, serde_json::Value::Null)?;
     Ok(0)
+}
+
+/// As root, records the temporary output in `/run/vmfinal/PID.json`, so
+/// that `vmfinal cleanup` removes it if this run is killed (the next run
+/// to the same OUT removes it either way). Dropping the state removes the
+/// record.
+pub fn register_temp(output: &std::path::Path) -> Option<crate::guest::state::State> {
+    // A stream on stdout has no temporary file.
+    if output == std::path::Path::new("-") {
+        return None;
+    }
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return None;
+    }
+    let mut s = crate::guest::state::State::create().ok()?;
+    s.add_file(&crate::output::temp_path_for(output)).ok()?;
+    Some(s)
 }
 
 /// Writes the checksum and manifest entry if asked, then prints the report.

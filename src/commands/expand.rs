@@ -14,7 +14,7 @@ use crate::image::ImageFormat;
 pub struct ExpandArgs {
     /// Input image (qcow2 or .zst), or - for a .zst or raw stream on stdin
     pub input: PathBuf,
-    /// Input format [default: probed by magic]
+    /// Input format [default: from the name (.raw, .qcow2, .zst); other names are probed]
     #[arg(long = "format", value_name = "FMT")]
     pub format: Option<ImageFormat>,
     #[command(flatten)]
@@ -24,6 +24,7 @@ pub struct ExpandArgs {
 pub fn run(args: &ExpandArgs) -> anyhow::Result<super::ExitCode> {
     let mut req = args.out.expand_request(args.input.clone(), args.format)?;
     crate::progress::set_quiet(args.out.quiet);
+    let _state = super::compact::register_temp(&req.output);
     let spool = crate::spool::redirect_stdin(&mut req)?;
     let report = crate::spool::relabeled(&spool, convert::convert(&req))?;
     super::compact::publish(&report, "expand", &args.out, serde_json::Value::Null)?;

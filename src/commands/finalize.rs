@@ -17,7 +17,7 @@ use crate::session::{self, GuestArgs};
 pub struct FinalizeArgs {
     /// Input image (raw, qcow2 or .zst)
     pub input: PathBuf,
-    /// Input format [default: probed by magic]
+    /// Input format [default: from the name (.raw, .qcow2, .zst); other names are probed]
     #[arg(long = "format", value_name = "FMT")]
     pub format: Option<ImageFormat>,
     /// Directory for the raw workspace [default: beside OUT]
@@ -125,6 +125,16 @@ pub fn run(a: &FinalizeArgs) -> anyhow::Result<super::ExitCode> {
     };
     st.done();
     stages.insert("workspace".to_string(), t.elapsed().as_secs_f64());
+    // Cleaning the input in place: QEMU's locks say nobody else may use it
+    // (released before compaction reads it back).
+    let in_place_lock = if ws.path == a.input && !a.guest.dry_run {
+        let f = std::fs::File::open(&a.input)?;
+        image::lock::lock(&f, image::lock::LockMode::Exclusive)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", a.input.display()))?;
+        Some(f)
+    } else {
+        None
+    };
     crate::interrupt::checkpoint("workspace")?;
 
     let guest = session::run_guest(&ws.path, &profiles, &a.guest, &mut state, true)?;
@@ -165,6 +175,7 @@ pub fn run(a: &FinalizeArgs) -> anyhow::Result<super::ExitCode> {
         return Ok(0);
     }
     // Compact.
+    drop(in_place_lock);
     crate::interrupt::checkpoint("compact")?;
     let st = crate::progress::stage("compact");
     let t = Instant::now();

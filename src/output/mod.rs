@@ -15,6 +15,8 @@ use std::path::{Path, PathBuf};
 pub enum OutputError {
     #[error("{0}: already exists (use --force to overwrite)")]
     Exists(PathBuf),
+    #[error("{0}: is {1}, not a regular file; vmfinal only writes or replaces regular files")]
+    NotRegular(PathBuf, &'static str),
     #[error("{0}: output would overwrite the input")]
     SameAsInput(PathBuf),
     #[error("{path}: {source}")]
@@ -39,6 +41,79 @@ pub fn temp_path_for(target: &Path) -> PathBuf {
     dir.join(format!(".{name}.vmfinal-{}.tmp", std::process::id()))
 }
 
+/// What kind of thing `meta` describes, for messages.
+fn kind(meta: &std::fs::Metadata) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    let t = meta.file_type();
+    if t.is_dir() {
+        "a directory"
+    } else if t.is_symlink() {
+        "a symbolic link"
+    } else if t.is_block_device() {
+        "a block device"
+    } else if t.is_char_device() {
+        "a character device"
+    } else if t.is_fifo() {
+        "a named pipe"
+    } else if t.is_socket() {
+        "a socket"
+    } else {
+        "not a regular file"
+    }
+}
+
+/// Refuses an output name that exists (unless `force`) or that names
+/// anything but a regular file (even with `force`: `-o /dev/null -f` must
+/// never replace a device node). Checked before any work starts.
+pub fn check_target(target: &Path, force: bool) -> Result<(), OutputError> {
+    match std::fs::symlink_metadata(target) {
+        Ok(m) if !m.file_type().is_file() => {
+            Err(OutputError::NotRegular(target.to_owned(), kind(&m)))
+        }
+        Ok(_) if !force => Err(OutputError::Exists(target.to_owned())),
+        _ => Ok(()),
+    }
+}
+
+/// True while `pid` is a running vmfinal.
+pub fn pid_is_vmfinal(pid: u32) -> bool {
+    pid == std::process::id()
+        || std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "vmfinal")
+}
+
+/// Removes temporary outputs for `target` that dead vmfinal runs left
+/// (`.NAME.vmfinal-PID.tmp` whose PID is not a running vmfinal). Returns
+/// the paths removed.
+pub fn sweep_stale_temps(target: &Path) -> Vec<PathBuf> {
+    let Some(name) = target.file_name().map(|n| n.to_string_lossy().into_owned()) else {
+        return Vec::new();
+    };
+    let dir = match target.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
+        _ => PathBuf::from("."),
+    };
+    let prefix = format!(".{name}.vmfinal-");
+    let mut removed = Vec::new();
+    let Ok(rd) = std::fs::read_dir(&dir) else {
+        return removed;
+    };
+    for e in rd.flatten() {
+        let n = e.file_name().to_string_lossy().into_owned();
+        let Some(pid) = n
+            .strip_prefix(&prefix)
+            .and_then(|r| r.strip_suffix(".tmp"))
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let regular = e.file_type().is_ok_and(|t| t.is_file());
+        if regular && !pid_is_vmfinal(pid) && std::fs::remove_file(e.path()).is_ok() {
+            removed.push(e.path());
+        }
+    }
+    removed
+}
+
 /// An output file under construction. Dropping it without `commit` removes it.
 pub struct TempOutput {
     tmp: PathBuf,
@@ -50,8 +125,12 @@ impl TempOutput {
     /// Creates `.NAME.vmfinal-PID.tmp` beside `target`. Refuses an existing
     /// target unless `force`.
     pub fn create(target: &Path, force: bool) -> Result<Self, OutputError> {
-        if !force && std::fs::symlink_metadata(target).is_ok() {
-            return Err(OutputError::Exists(target.to_owned()));
+        check_target(target, force)?;
+        for p in sweep_stale_temps(target) {
+            crate::report::note(&format!(
+                "removed {}, left by a vmfinal run that was killed",
+                p.display()
+            ));
         }
         let tmp = temp_path_for(target);
         let file = OpenOptions::new()
@@ -60,7 +139,7 @@ impl TempOutput {
             .create_new(true)
             .open(&tmp)
             .map_err(|source| OutputError::Io {
-                path: tmp.clone(),
+                path: target.to_owned(),
                 source,
             })?;
         Ok(Self {
@@ -79,7 +158,7 @@ impl TempOutput {
 
     pub fn try_clone_file(&self) -> Result<File, OutputError> {
         self.file().try_clone().map_err(|source| OutputError::Io {
-            path: self.tmp.clone(),
+            path: self.target.clone(),
             source,
         })
     }
@@ -96,9 +175,12 @@ impl TempOutput {
     pub fn commit(mut self) -> Result<(), OutputError> {
         let file = self.file.take().expect("TempOutput committed once");
         file.sync_all().map_err(|source| OutputError::Io {
-            path: self.tmp.clone(),
+            path: self.target.clone(),
             source,
         })?;
+        // The name may have become something else meanwhile: never replace
+        // a device node or a directory.
+        check_target(&self.target, true)?;
         drop(file);
         std::fs::rename(&self.tmp, &self.target).map_err(|source| OutputError::Io {
             path: self.target.clone(),

@@ -54,6 +54,11 @@ pub fn assert_clean_failure(out: &Output) -> String {
         "expected failure, got success; stderr: {stderr}"
     );
     assert_ne!(out.status.code(), Some(101), "panicked: {stderr}");
+    assert!(
+        out.status.code().is_some(),
+        "died by a signal ({:?}): {stderr}",
+        out.status
+    );
     assert!(!stderr.contains("panicked"), "panicked: {stderr}");
     let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
     assert_eq!(lines.len(), 1, "expected one error line, got: {stderr}");

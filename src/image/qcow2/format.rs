@@ -1,15 +1,29 @@
-//! qcow2 on-disk layout: header fields, feature bits, L1/L2/refcount entry
-//! encoding. Small pure functions over named constants; no I/O.
+//! qcow2 on-disk layout: header fields, feature bits, header extensions,
+//! L1/L2/refcount entry encoding and QEMU's size limits. Small pure
+//! functions over named constants; no I/O.
 
-use crate::bytes::{be32, be64};
+use crate::bytes::{be16, be32, be64};
 use std::fmt;
 
 /// "QFI\xfb", big-endian.
 pub const QCOW2_MAGIC: u32 = 0x5146_49fb;
 /// Header length of a version 2 image (v3 images state theirs).
 pub const V2_HEADER_LENGTH: u32 = 72;
+/// Bytes of the v3 header proper (the compression type byte follows).
+pub const V3_MIN_HEADER_LENGTH: u32 = 104;
 pub const MIN_CLUSTER_BITS: u32 = 9;
 pub const MAX_CLUSTER_BITS: u32 = 21;
+/// QEMU's caps (block/qcow2.h): an L1 table of at most 32 MiB, a refcount
+/// table of at most 8 MiB, 65536 snapshots, 65535 bitmaps.
+pub const MAX_L1_BYTES: u64 = 32 << 20;
+pub const MAX_REFTABLE_BYTES: u64 = 8 << 20;
+pub const MAX_SNAPSHOTS: u32 = 65536;
+pub const MAX_BITMAPS: u32 = 65535;
+pub const MAX_BITMAP_DIRECTORY_BYTES: u64 = 1024 * MAX_BITMAPS as u64;
+/// Longest backing file name QEMU accepts.
+pub const MAX_BACKING_NAME: u64 = 1023;
+/// Host offsets are below 2^56.
+pub const MAX_HOST_OFFSET: u64 = (1 << 56) - 1;
 
 /// L1 and standard L2 entries: host offset bits 9..=55.
 pub const ENTRY_OFFSET_MASK: u64 = 0x00ff_ffff_ffff_fe00;
@@ -21,12 +35,42 @@ pub const L2_COMPRESSED: u64 = 1 << 62;
 pub const L2_ZERO: u64 = 1;
 /// Extended L2: subclusters per cluster.
 pub const SUBCLUSTERS: u64 = 32;
+/// Extended L2 bitmap: allocation bits 0..32, zero bits 32..64.
+pub const SUBCLUSTER_ALLOC_MASK: u64 = 0xffff_ffff;
 /// Reftable entries: refcount block offset bits 9..=63.
 pub const REFTABLE_OFFSET_MASK: u64 = 0xffff_ffff_ffff_fe00;
 
 /// Header extension types.
 pub const EXT_END: u32 = 0;
 pub const EXT_DATA_FILE: u32 = 0x4441_5441;
+pub const EXT_BITMAPS: u32 = 0x2385_2875;
+/// Autoclear bit 0: the bitmaps extension is valid.
+pub const AUTOCLEAR_BITMAPS: u64 = 1;
+
+/// Why a header cannot be parsed. `unsupported` variants name a version or
+/// layout vmfinal does not read; the others are damage.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HeaderError {
+    #[error("file is too short for a qcow2 header")]
+    TooShort,
+    #[error("not a qcow2 file (bad magic)")]
+    BadMagic,
+    #[error("qcow2 version {0} is not supported (only 2 and 3)")]
+    Version(u32),
+    #[error("invalid header length {0}")]
+    HeaderLength(u32),
+    #[error("cluster_bits {0} is outside 9..=21")]
+    ClusterBits(u32),
+    #[error("refcount_order {0} is above 6")]
+    RefcountOrder(u32),
+}
+
+impl HeaderError {
+    /// A valid image of a kind vmfinal does not read (rather than damage).
+    pub fn is_unsupported(&self) -> bool {
+        matches!(self, HeaderError::Version(_) | HeaderError::ClusterBits(_))
+    }
+}
 
 /// Incompatible feature bits, by name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -99,18 +143,16 @@ pub fn table_entry(b: &[u8], i: usize) -> u64 {
 impl Header {
     /// Parses the header from the first bytes of the file (at least 104).
     /// Checks only the structure; policy (what is supported) is the reader's.
-    pub fn parse(b: &[u8]) -> Result<Header, String> {
+    pub fn parse(b: &[u8]) -> Result<Header, HeaderError> {
         if b.len() < 104 {
-            return Err("file is too short for a qcow2 header".into());
+            return Err(HeaderError::TooShort);
         }
         if be32(b, 0) != QCOW2_MAGIC {
-            return Err("not a qcow2 file (bad magic)".into());
+            return Err(HeaderError::BadMagic);
         }
         let version = be32(b, 4);
         if version != 2 && version != 3 {
-            return Err(format!(
-                "qcow2 version {version} is not supported (only 2 and 3)"
-            ));
+            return Err(HeaderError::Version(version));
         }
         let mut h = Header {
             version,
@@ -138,18 +180,18 @@ impl Header {
             h.autoclear = be64(b, 88);
             h.refcount_order = be32(b, 96);
             h.header_length = be32(b, 100);
-            if h.header_length < 104 || h.header_length % 8 != 0 {
-                return Err(format!("invalid header length {}", h.header_length));
+            if h.header_length < V3_MIN_HEADER_LENGTH || h.header_length % 8 != 0 {
+                return Err(HeaderError::HeaderLength(h.header_length));
             }
-            if h.header_length > 104 && b.len() > 104 {
+            if h.header_length > V3_MIN_HEADER_LENGTH && b.len() > 104 {
                 h.compression_type = b[104];
             }
         }
         if !(MIN_CLUSTER_BITS..=MAX_CLUSTER_BITS).contains(&h.cluster_bits) {
-            return Err(format!("cluster_bits {} is outside 9..=21", h.cluster_bits));
+            return Err(HeaderError::ClusterBits(h.cluster_bits));
         }
         if h.refcount_order > 6 {
-            return Err(format!("refcount_order {} is above 6", h.refcount_order));
+            return Err(HeaderError::RefcountOrder(h.refcount_order));
         }
         Ok(h)
     }
@@ -176,6 +218,106 @@ impl Header {
     pub fn l1_entries_needed(&self) -> u64 {
         self.size.div_ceil(self.cluster_size() * self.l2_entries())
     }
+
+    /// Bits per refcount.
+    pub fn refcount_bits(&self) -> u64 {
+        1 << self.refcount_order
+    }
+}
+
+/// Header extensions found in the header cluster (bounded by it).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Extensions {
+    /// The external data file's name, raw bytes.
+    pub data_file: Option<Vec<u8>>,
+    /// Bitmaps extension: (count, directory size, directory offset).
+    pub bitmaps: Option<(u32, u64, u64)>,
+}
+
+/// Walks the header extensions starting at `start` inside `head` (the
+/// header cluster). Stops at the end marker, or at the first extension that
+/// would run past `head`.
+pub fn parse_extensions(head: &[u8], start: usize) -> Extensions {
+    let mut out = Extensions::default();
+    let mut at = start;
+    // Each extension takes at least 8 bytes: the walk is bounded by `head`.
+    while at.checked_add(8).is_some_and(|e| e <= head.len()) {
+        let t = be32(head, at);
+        let l = be32(head, at + 4) as usize;
+        let Some(data) = at
+            .checked_add(8)
+            .and_then(|s| Some(s..s.checked_add(l)?))
+            .and_then(|r| head.get(r))
+        else {
+            break;
+        };
+        match t {
+            EXT_END => break,
+            EXT_DATA_FILE => out.data_file = Some(data.to_vec()),
+            EXT_BITMAPS if data.len() >= 24 => {
+                out.bitmaps = Some((be32(data, 0), be64(data, 8), be64(data, 16)))
+            }
+            _ => {}
+        }
+        match at.checked_add(8 + l.next_multiple_of(8)) {
+            Some(n) => at = n,
+            None => break,
+        }
+    }
+    out
+}
+
+/// One internal snapshot's active tables, from the snapshot table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SnapshotL1 {
+    pub l1_table_offset: u64,
+    pub l1_size: u32,
+}
+
+/// Bytes of a snapshot table entry starting at `b[0]`, and its L1, or
+/// `None` when the entry runs past `b`.
+pub fn parse_snapshot_entry(b: &[u8]) -> Option<(usize, SnapshotL1)> {
+    if b.len() < 40 {
+        return None;
+    }
+    let l1 = SnapshotL1 {
+        l1_table_offset: be64(b, 0),
+        l1_size: be32(b, 8),
+    };
+    let id_len = be16(b, 12) as usize;
+    let name_len = be16(b, 14) as usize;
+    let extra = be32(b, 36) as usize;
+    let len = 40usize
+        .checked_add(extra)?
+        .checked_add(id_len)?
+        .checked_add(name_len)?
+        .next_multiple_of(8);
+    (len <= b.len()).then_some((len, l1))
+}
+
+/// A persistent dirty bitmap's table, from the bitmap directory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BitmapTable {
+    pub offset: u64,
+    pub entries: u32,
+}
+
+/// Bytes of a bitmap directory entry starting at `b[0]`, and its table.
+pub fn parse_bitmap_entry(b: &[u8]) -> Option<(usize, BitmapTable)> {
+    if b.len() < 24 {
+        return None;
+    }
+    let t = BitmapTable {
+        offset: be64(b, 0),
+        entries: be32(b, 8),
+    };
+    let name_len = be16(b, 18) as usize;
+    let extra = be32(b, 20) as usize;
+    let len = 24usize
+        .checked_add(extra)?
+        .checked_add(name_len)?
+        .next_multiple_of(8);
+    (len <= b.len()).then_some((len, t))
 }
 
 /// Where a guest cluster's data lives: lookup, apart from I/O.
@@ -189,6 +331,21 @@ pub enum ClusterMapping {
     Standard(u64),
     /// Compressed: `len` bytes at host byte `offset` hold the stream.
     Compressed { offset: u64, len: u64 },
+    /// Extended L2: data at this host offset, per subcluster as the bitmap says.
+    Subclusters { host: u64, bitmap: u64 },
+}
+
+/// Why QEMU refuses to read an L2 entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum EntryError {
+    #[error("zero flag in a version 2 image")]
+    ZeroInV2,
+    #[error("host offset {0:#x} is not cluster aligned")]
+    Unaligned(u64),
+    #[error("a subcluster is marked both allocated and zero (bitmap {0:#018x})")]
+    AllocatedAndZero(u64),
+    #[error("allocated subclusters without a host cluster (bitmap {0:#018x})")]
+    AllocatedWithoutHost(u64),
 }
 
 /// Host byte offset and byte count of a compressed L2 entry:
@@ -201,24 +358,58 @@ pub fn compressed_layout(entry: u64, cluster_bits: u32) -> (u64, u64) {
     (offset, (sectors + 1) * 512 - (offset & 511))
 }
 
-/// Decodes a (non-extended) L2 entry.
-pub fn decode_l2(entry: u64, cluster_bits: u32, version: u32) -> ClusterMapping {
+/// Decodes an L2 entry (and for extended L2 its bitmap) as QEMU does
+/// (`qcow2_get_subcluster_type`), refusing what QEMU refuses to read.
+pub fn decode_entry(
+    entry: u64,
+    bitmap: Option<u64>,
+    cluster_bits: u32,
+    version: u32,
+) -> Result<ClusterMapping, EntryError> {
     if entry & L2_COMPRESSED != 0 {
-        let (offset, len) = compressed_layout(entry, cluster_bits);
-        return ClusterMapping::Compressed { offset, len };
+        let (offset, len) = compressed_layout(entry & !L2_COMPRESSED, cluster_bits);
+        return Ok(ClusterMapping::Compressed { offset, len });
     }
-    if version >= 3 && entry & L2_ZERO != 0 {
-        return ClusterMapping::Zero;
+    let host = entry & ENTRY_OFFSET_MASK;
+    if host & ((1u64 << cluster_bits) - 1) != 0 {
+        return Err(EntryError::Unaligned(host));
     }
-    match entry & ENTRY_OFFSET_MASK {
+    if let Some(bitmap) = bitmap {
+        let alloc = bitmap & SUBCLUSTER_ALLOC_MASK;
+        if host == 0 {
+            if alloc != 0 {
+                return Err(EntryError::AllocatedWithoutHost(bitmap));
+            }
+            return Ok(if bitmap == 0 {
+                ClusterMapping::Unallocated
+            } else {
+                ClusterMapping::Subclusters { host: 0, bitmap }
+            });
+        }
+        if (bitmap >> 32) & alloc != 0 {
+            return Err(EntryError::AllocatedAndZero(bitmap));
+        }
+        return Ok(ClusterMapping::Subclusters { host, bitmap });
+    }
+    if entry & L2_ZERO != 0 {
+        if version < 3 {
+            return Err(EntryError::ZeroInV2);
+        }
+        return Ok(ClusterMapping::Zero);
+    }
+    Ok(match host {
         0 => ClusterMapping::Unallocated,
         off => ClusterMapping::Standard(off),
-    }
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn decode_l2(e: u64, bits: u32, v: u32) -> ClusterMapping {
+        decode_entry(e, None, bits, v).unwrap()
+    }
 
     #[test]
     fn compressed_layout_matches_qemu_example() {
@@ -247,6 +438,38 @@ mod tests {
             decode_l2(ENTRY_COPIED | 0x5_0001, 16, 3),
             ClusterMapping::Zero
         );
+        assert_eq!(
+            decode_entry(0x5_0001, None, 16, 2),
+            Err(EntryError::ZeroInV2)
+        );
+        assert_eq!(
+            decode_entry(0x5_0200, None, 16, 3),
+            Err(EntryError::Unaligned(0x5_0200))
+        );
+    }
+
+    #[test]
+    fn extended_l2_decoding_follows_qemu() {
+        let both = 1u64 | 1 << 32;
+        assert_eq!(
+            decode_entry(0x5_0000, Some(both), 16, 3),
+            Err(EntryError::AllocatedAndZero(both))
+        );
+        assert_eq!(
+            decode_entry(0, Some(1), 16, 3),
+            Err(EntryError::AllocatedWithoutHost(1))
+        );
+        assert_eq!(
+            decode_entry(0, Some(1 << 40), 16, 3),
+            Ok(ClusterMapping::Subclusters {
+                host: 0,
+                bitmap: 1 << 40
+            })
+        );
+        assert_eq!(
+            decode_entry(0, Some(0), 16, 3),
+            Ok(ClusterMapping::Unallocated)
+        );
     }
 
     #[test]
@@ -262,7 +485,7 @@ mod tests {
 
     #[test]
     fn short_or_bad_headers_are_errors() {
-        assert!(Header::parse(&[0u8; 50]).is_err());
+        assert_eq!(Header::parse(&[0u8; 50]), Err(HeaderError::TooShort));
         let mut b = vec![0u8; 112];
         b[..4].copy_from_slice(&QCOW2_MAGIC.to_be_bytes());
         b[7] = 3;
@@ -270,6 +493,18 @@ mod tests {
         b[103] = 112;
         assert!(Header::parse(&b).is_ok());
         b[23] = 30;
-        assert!(Header::parse(&b).is_err());
+        assert_eq!(Header::parse(&b), Err(HeaderError::ClusterBits(30)));
+    }
+
+    #[test]
+    fn extensions_are_bounded() {
+        let mut h = vec![0u8; 64];
+        h[0..4].copy_from_slice(&EXT_DATA_FILE.to_be_bytes());
+        h[4..8].copy_from_slice(&4u32.to_be_bytes());
+        h[8..12].copy_from_slice(b"d.rw");
+        assert_eq!(parse_extensions(&h, 0).data_file, Some(b"d.rw".to_vec()));
+        h[4..8].copy_from_slice(&u32::MAX.to_be_bytes());
+        assert_eq!(parse_extensions(&h, 0), Extensions::default());
+        assert_eq!(parse_extensions(&h, 1000), Extensions::default());
     }
 }

@@ -53,6 +53,32 @@ pub fn refcount_layout(used: u64, cluster_size: u64, refcount_bits: u64) -> (u64
     }
 }
 
+/// Checks that a qcow2 of `virtual_size` bytes with clusters of
+/// `cluster_size` is one QEMU (and vmfinal) can read: its L1 table within
+/// QEMU's 32 MiB. Call before creating anything.
+pub fn check_limits(virtual_size: u64, cluster_size: u64) -> Result<(), PipelineError> {
+    if !cluster_size.is_power_of_two() || !(4096..=2 << 20).contains(&cluster_size) {
+        return Err(PipelineError::Other(format!(
+            "invalid qcow2 cluster size {cluster_size}"
+        )));
+    }
+    let per_l2 = cluster_size * (cluster_size / 8);
+    let max = (super::format::MAX_L1_BYTES / 8).saturating_mul(per_l2);
+    let size = virtual_size.div_ceil(SECTOR).saturating_mul(SECTOR);
+    if size > max {
+        let hint = if cluster_size < 2 << 20 {
+            "; a larger --cluster-size raises the limit (2M: 2 EiB)"
+        } else {
+            ""
+        };
+        return Err(PipelineError::Other(format!(
+            "a virtual size of {virtual_size} bytes is too large for qcow2 with {} KiB clusters: QEMU reads at most {max} bytes (an L1 table of 32 MiB){hint}",
+            cluster_size >> 10
+        )));
+    }
+    Ok(())
+}
+
 pub struct Qcow2WriterOptions {
     pub virtual_size: u64,
     pub cluster_size: u64,
@@ -89,11 +115,7 @@ pub struct Qcow2Writer {
 impl Qcow2Writer {
     pub fn new(file: File, path: PathBuf, opts: Qcow2WriterOptions) -> Result<Self, PipelineError> {
         let cs = opts.cluster_size;
-        if !cs.is_power_of_two() || !(4096..=2 << 20).contains(&cs) {
-            return Err(PipelineError::Other(format!(
-                "invalid qcow2 cluster size {cs}"
-            )));
-        }
+        check_limits(opts.virtual_size, cs)?;
         let size = opts.virtual_size.div_ceil(SECTOR) * SECTOR;
         let l2_entries = cs / 8;
         let l1_size = size.div_ceil(cs * l2_entries);
@@ -469,6 +491,18 @@ mod tests {
         // From the reference notes: 0x4400000001050000 = off 0x1050000, 16 extra sectors.
         let d = compressed_descriptor(0x105_0000, 16 * 512 + 512, 16);
         assert_eq!(d, 0x4400_0000_0105_0000);
+    }
+
+    #[test]
+    fn limits_follow_qemus_l1_cap() {
+        // 64 KiB clusters: 2 PiB; 2 MiB clusters: 2 EiB.
+        assert!(check_limits(2 << 50, 65536).is_ok());
+        assert!(check_limits((2 << 50) + 512, 65536).is_err());
+        assert!(check_limits(1 << 60, 2 << 20).is_ok());
+        assert!(check_limits(2 << 60, 2 << 20).is_ok());
+        assert!(check_limits(4 << 60, 2 << 20).is_err());
+        assert!(check_limits(u64::MAX, 2 << 20).is_err());
+        assert!(check_limits(1 << 20, 3000).is_err());
     }
 
     #[test]
