@@ -392,6 +392,12 @@ mod tests {
         let e = from_reader(&mut &z[..z.len() - 10], d.path(), None)
             .err()
             .unwrap();
-        assert!(e.to_string().contains("not a complete zstd stream"), "{e}");
+        // The reader sees a stream cut inside its frame (no seek table, the
+        // file ends inside the frame) before any decompression starts.
+        let e = e.to_string();
+        assert!(
+            e.contains("not a complete zstd stream") || e.contains("ends inside the zstd frame"),
+            "{e}"
+        );
     }
 }
