@@ -6,6 +6,7 @@
 //!
 //! Not here: mounting (the guest module), partition tables (`disk`).
 
+pub(crate) mod crc;
 pub mod ext4;
 pub mod swap;
 pub mod xfs;
