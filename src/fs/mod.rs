@@ -160,7 +160,8 @@ pub fn scan(source: &dyn BlockSource, allocated: &[Extent]) -> FsScan {
             Some(("ext", ext4::free_space(&r)))
         } else if xfs::detect(&r) {
             Some(("xfs", xfs::free_space(&r)))
-        } else if swap::detect(&r) {
+        } else if swap::present(&r) {
+            // Swap last: it checks every other signature itself first.
             Some(("swap", swap::free_space(&r)))
         } else {
             None
