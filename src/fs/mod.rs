@@ -221,6 +221,18 @@ pub fn scan(source: &dyn BlockSource, allocated: &[Extent]) -> FsScan {
         out.partitions.push(rep);
     }
     out.free = extent::normalize(std::mem::take(&mut out.free));
+    if let Some(why) = &table.layout_error {
+        // Partitions that overlap (or cover the table) are not separate
+        // regions: one's free space can be another's data.
+        out.warnings.push(format!(
+            "partition table: {why}: filesystem-aware compaction is off for this disk, it is copied whole; check the table with `sfdisk --verify` or `gdisk`"
+        ));
+        out.free.clear();
+        for p in &mut out.partitions {
+            p.fs_aware = false;
+            p.skipped_bytes = 0;
+        }
+    }
     out
 }
 
