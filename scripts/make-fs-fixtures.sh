@@ -18,7 +18,8 @@ mnt=$(mktemp -d "$out/mnt.XXXXXX")
 loops=()
 cleanup() {
   mountpoint -q "$mnt" && umount "$mnt" || true
-  for l in "${loops[@]}"; do losetup -d "$l" 2>/dev/null || true; done
+  # Only the loop devices this script attached and has not detached yet.
+  for l in "${loops[@]}"; do [ -z "$l" ] || losetup -d "$l" 2>/dev/null || true; done
   rmdir "$mnt" 2>/dev/null || true
 }
 trap cleanup EXIT
@@ -27,7 +28,11 @@ attach() { # IMG OFFSET_MIB SIZE_MIB: sets $d to the loop device
   d=$(losetup --offset $(( $2 * 1048576 )) --sizelimit $(( $3 * 1048576 )) -f --show "$1")
   loops+=("$d")
 }
-detach() { losetup -d "$1"; }
+detach() { # DEV: detaches it and forgets it, so cleanup never detaches a reused name
+  local i
+  losetup -d "$1"
+  for i in "${!loops[@]}"; do [ "${loops[$i]}" != "$1" ] || loops[i]=; done
+}
 
 # Dirty the free space (random files, then deleted), then add real files with
 # symlinks, xattrs, odd modes and owners.

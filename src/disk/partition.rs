@@ -138,8 +138,20 @@ fn guid(b: &[u8]) -> String {
     )
 }
 
-/// Reads the partition table of `src`.
+/// Reads the partition table of `src`. Every partition returned lies
+/// inside the disk (one that runs past its end is cut at the end, and the
+/// layout error says so).
 pub fn read_partitions(src: &dyn BlockSource) -> PartitionTable {
+    let size = src.virtual_size();
+    let mut t = read_table(src);
+    t.partitions.retain(|p| p.start < size);
+    for p in &mut t.partitions {
+        p.size = p.size.min(size - p.start);
+    }
+    t
+}
+
+fn read_table(src: &dyn BlockSource) -> PartitionTable {
     let size = src.virtual_size();
     let whole = || PartitionTable {
         kind: TableKind::None,
@@ -612,7 +624,14 @@ mod tests {
         // Primary 1 past the end of the disk.
         let mut b = m.clone();
         set32(&mut b, entry(0) + 12, 200_000);
-        assert!(table(&b).layout_error.unwrap().contains("past the end"));
+        let t = table(&b);
+        assert!(t.layout_error.unwrap().contains("past the end"));
+        // What is returned is cut at the end of the disk.
+        assert!(
+            t.partitions
+                .iter()
+                .all(|p| p.start + p.size <= b.len() as u64)
+        );
         // Primary 1 over the MBR.
         let mut b = m.clone();
         set32(&mut b, entry(0) + 8, 0);
