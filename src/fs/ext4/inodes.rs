@@ -21,7 +21,7 @@ use super::bitmap::FreeMap;
 use super::groups::{self, BG_INODE_ZEROED, Desc};
 use super::superblock::{Csum, Super};
 use crate::bytes::{le16, le32};
-use crate::fs::{FsError, Region};
+use crate::fs::{FsError, Region, crc};
 use std::fmt;
 
 const I_MODE: usize = 0x00;
@@ -31,10 +31,17 @@ const I_BLOCKS: usize = 0x1C;
 const I_FLAGS: usize = 0x20;
 const I_BLOCK: usize = 0x28;
 const I_BLOCK_LEN: usize = 60;
+const I_GENERATION: usize = 0x64;
 const I_FILE_ACL: usize = 0x68;
 const I_SIZE_HIGH: usize = 0x6C;
 const I_BLOCKS_HI: usize = 0x74;
 const I_FILE_ACL_HIGH: usize = 0x76;
+const I_CHECKSUM_LO: usize = 0x7C;
+const I_EXTRA_ISIZE: usize = 0x80;
+const I_CHECKSUM_HI: usize = 0x82;
+/// `i_extra_isize` that reaches past `i_checksum_hi`.
+const CSUM_HI_EXTRA_END: u16 = 4;
+const GOOD_OLD_INODE_SIZE: usize = 128;
 const EXTENTS_FL: u32 = 0x0008_0000;
 const INLINE_DATA_FL: u32 = 0x1000_0000;
 const S_IFMT: u16 = 0xF000;
@@ -232,6 +239,13 @@ impl<'a> Checker<'a> {
             return Ok(());
         }
         self.stats.live_inodes += 1;
+        if let Csum::Metadata(seed) = sb.csum
+            && !inode_csum_ok(seed, ino, raw)
+        {
+            return Err(self
+                .e
+                .inconsistent(format!("inode {ino}: checksum mismatch")));
+        }
         let flags = le32(raw, I_FLAGS);
         let mut acl = le32(raw, I_FILE_ACL) as u64;
         if sb.is_64bit() {
@@ -258,14 +272,21 @@ impl<'a> Checker<'a> {
                     "inode {ino} uses extents on a filesystem without the extent feature"
                 )));
             }
-            self.extents(ino, iblock, None)
+            self.extents(ino, le32(raw, I_GENERATION), iblock, None)
         } else {
             self.block_map(ino, iblock)
         }
     }
 
-    /// Walks an extent tree node (the inode's `i_block` or a tree block).
-    fn extents(&mut self, ino: u64, node: &[u8], want_depth: Option<u16>) -> Result<(), FsError> {
+    /// Walks an extent tree node (the inode's `i_block` or a tree block;
+    /// `generation` is the inode's, for tree block checksums).
+    fn extents(
+        &mut self,
+        ino: u64,
+        generation: u32,
+        node: &[u8],
+        want_depth: Option<u16>,
+    ) -> Result<(), FsError> {
         let e = self.e;
         let bad = move |why: &str| e.inconsistent(format!("inode {ino}: extent tree {why}"));
         if le16(node, 0) != EXT_MAGIC {
@@ -281,6 +302,18 @@ impl<'a> Checker<'a> {
         }
         if want_depth.is_some_and(|w| w != depth) {
             return Err(bad("depth does not decrease by one per level"));
+        }
+        // Tree blocks (not the root in the inode) end in a checksum.
+        if let (Some(_), Csum::Metadata(seed)) = (want_depth, self.sb.csum) {
+            let tail = 12 + max * 12;
+            if tail + 4 > node.len() {
+                return Err(bad("block has no room for its checksum"));
+            }
+            let c = crc::crc32c_update(seed, &(ino as u32).to_le_bytes());
+            let c = crc::crc32c_update(c, &generation.to_le_bytes());
+            if crc::crc32c_update(c, &node[..tail]) != le32(node, tail) {
+                return Err(bad("block checksum mismatch"));
+            }
         }
         for i in 0..entries {
             let x = &node[12 + i * 12..24 + i * 12];
@@ -300,7 +333,7 @@ impl<'a> Checker<'a> {
             } else {
                 let leaf = (le16(x, 8) as u64) << 32 | le32(x, 4) as u64;
                 let child = self.read_tree_block(leaf, Holder::Tree(ino))?;
-                self.extents(ino, &child, Some(depth - 1))?;
+                self.extents(ino, generation, &child, Some(depth - 1))?;
             }
         }
         Ok(())
@@ -359,6 +392,30 @@ impl<'a> Checker<'a> {
         let r = std::mem::replace(run, Run { start: 0, len: 0 });
         self.used(r.start, r.len, Holder::Data(ino))
     }
+}
+
+/// Verifies an inode's metadata_csum checksum (CRC-32C over inode number,
+/// generation and the inode with its checksum fields zeroed). An all-zero
+/// base inode passes, as e2fsck lets it.
+fn inode_csum_ok(seed: u32, ino: u64, raw: &[u8]) -> bool {
+    let has_hi = raw.len() > GOOD_OLD_INODE_SIZE && le16(raw, I_EXTRA_ISIZE) >= CSUM_HI_EXTRA_END;
+    let mut stored = le16(raw, I_CHECKSUM_LO) as u32;
+    let c = crc::crc32c_update(seed, &(ino as u32).to_le_bytes());
+    let c = crc::crc32c_update(c, &raw[I_GENERATION..I_GENERATION + 4]);
+    let c = crc::crc32c_update(c, &raw[..I_CHECKSUM_LO]);
+    let c = crc::crc32c_update(c, &[0, 0]);
+    let mut computed = if has_hi {
+        stored |= (le16(raw, I_CHECKSUM_HI) as u32) << 16;
+        let c = crc::crc32c_update(c, &raw[I_CHECKSUM_LO + 2..I_CHECKSUM_HI]);
+        let c = crc::crc32c_update(c, &[0, 0]);
+        crc::crc32c_update(c, &raw[I_CHECKSUM_HI + 2..])
+    } else {
+        crc::crc32c_update(c, &raw[I_CHECKSUM_LO + 2..])
+    };
+    if !has_hi {
+        computed &= 0xFFFF;
+    }
+    computed == stored || raw[..GOOD_OLD_INODE_SIZE].iter().all(|&b| b == 0)
 }
 
 /// Whether `i_block` holds block references, as e2fsck decides

@@ -25,6 +25,11 @@ fn tree() -> tempfile::TempDir {
     let f = std::fs::File::create(p.join("sparse")).unwrap();
     use std::os::unix::fs::FileExt;
     f.write_all_at(b"tail", 5_000_000).unwrap();
+    // Many separate extents: an extent tree with a leaf block.
+    let frag = std::fs::File::create(p.join("frag")).unwrap();
+    for i in 0..40u64 {
+        frag.write_all_at(&[i as u8 | 1; 4096], i * 65536).unwrap();
+    }
     std::os::unix::fs::symlink("dir/f1", p.join("fast-link")).unwrap();
     std::os::unix::fs::symlink("x".repeat(200), p.join("slow-link")).unwrap();
     d
@@ -302,6 +307,70 @@ fn checksum_mismatches_are_refused() {
     let mut b = img.clone();
     b[g + 0x10] ^= 1; // used dirs count
     assert!(free_of(&b).unwrap_err().msg.contains("descriptor checksum"));
+}
+
+/// Byte offset of inode `path` in `img` (debugfs imap).
+fn inode_offset(img: &[u8], path: &str) -> usize {
+    let (_, out) = debugfs(img, &[format!("imap {path}")]);
+    let num = |key: &str| -> usize {
+        let w = out
+            .split(key)
+            .nth(1)
+            .unwrap()
+            .split_whitespace()
+            .next()
+            .unwrap();
+        let w = w.trim_end_matches(',');
+        match w.strip_prefix("0x") {
+            Some(h) => usize::from_str_radix(h, 16).unwrap(),
+            None => w.parse().unwrap(),
+        }
+    };
+    let bs = 1024usize << le32(img, 1024 + 24);
+    num("located at block ") * bs + num("offset ")
+}
+
+#[test]
+fn inode_extent_block_and_journal_checksums_are_verified() {
+    let t = tree();
+    let img = mkfs(&["-t", "ext4", "-b", "4096"], "64M", Some(t.path()));
+    free_of(&img).unwrap();
+    // An inode's mtime changed behind its checksum.
+    let mut b = img.clone();
+    let at = inode_offset(&img, "/dir/f7");
+    b[at + 0x10] ^= 1;
+    let e = free_of(&b).unwrap_err();
+    assert!(
+        e.msg.contains("checksum mismatch") && e.msg.contains("inode"),
+        "{}",
+        e.msg
+    );
+    // An extent tree leaf block's entry changed behind its checksum.
+    let (_, out) = debugfs(&img, &["stat /frag".into()]);
+    let leaf: usize = out
+        .split("(ETB0):")
+        .nth(1)
+        .and_then(|s| s.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|w| w.parse().ok())
+        .expect("/frag has an extent tree block");
+    let mut b = img.clone();
+    b[leaf * 4096 + 12] ^= 1; // first entry's logical block
+    let e = free_of(&b).unwrap_err();
+    assert!(e.msg.contains("block checksum mismatch"), "{}", e.msg);
+    // The journal superblock with checksum v3 (as the kernel sets it on
+    // mount; mke2fs leaves it off): valid, then a padding byte changed.
+    let (_, out) = debugfs(&img, &["bmap <8> 0".into()]);
+    let j = out.trim().parse::<usize>().unwrap() * 4096;
+    let mut b = img.clone();
+    b[j + 0x28..j + 0x2C].copy_from_slice(&0x10u32.to_be_bytes());
+    b[j + 0x50] = 4;
+    b[j + 0xFC..j + 0x100].fill(0);
+    let c = crate::fs::crc::crc32c_update(!0, &b[j..j + 1024]);
+    b[j + 0xFC..j + 0x100].copy_from_slice(&c.to_be_bytes());
+    free_of(&b).unwrap();
+    b[j + 0x60] ^= 1;
+    let e = free_of(&b).unwrap_err();
+    assert!(e.msg.contains("journal superblock checksum"), "{}", e.msg);
 }
 
 #[test]
