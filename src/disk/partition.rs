@@ -1,12 +1,13 @@
-//! MBR and GPT parsing. A disk with neither is one "partition" covering the
-//! whole disk (a bare filesystem). The layout is checked as a whole: a
+//! Partition tables: MBR parsing here, GPT in `gpt`. A disk with neither is
+//! one "partition" covering the whole disk (a bare filesystem). The layout
+//! is checked as a whole: a
 //! partition past the end of the disk, two partitions that overlap, a
 //! logical partition outside its extended partition, or a partition over
 //! the table's own structures (MBR, GPT headers and entry arrays, extended
 //! boot records) make the layout untrustworthy: `layout_error` says why,
 //! and filesystem-aware compaction copies such a disk whole.
 
-use crate::bytes::{le32, le64};
+use crate::bytes::le32;
 use crate::image::BlockSource;
 
 pub const SECTOR: u64 = 512;
@@ -16,9 +17,6 @@ const MBR_TYPE_GPT_PROTECTIVE: u8 = 0xEE;
 const MBR_EXTENDED: [u8; 3] = [0x05, 0x0F, 0x85];
 /// Logical partitions followed at most (guards against EBR loops).
 const MAX_LOGICAL: usize = 128;
-const GPT_SIGNATURE: &[u8; 8] = b"EFI PART";
-/// GPT entries read at most.
-const MAX_GPT_ENTRIES: u64 = 1024;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -57,15 +55,15 @@ pub struct PartitionTable {
 
 /// A byte range the partition table itself occupies.
 #[derive(Debug, Clone, Copy)]
-struct Reserved {
-    start: u64,
-    len: u64,
-    what: &'static str,
+pub(super) struct Reserved {
+    pub start: u64,
+    pub len: u64,
+    pub what: &'static str,
 }
 
 /// Checks that the partitions lie inside `[lo, hi)`, inside the disk, apart
 /// from each other and apart from the table's own structures.
-fn check_layout(
+pub(super) fn check_layout(
     parts: &[Partition],
     size: u64,
     lo: u64,
@@ -108,7 +106,7 @@ fn check_layout(
     None
 }
 
-fn read(src: &dyn BlockSource, off: u64, len: usize) -> Option<Vec<u8>> {
+pub(super) fn read(src: &dyn BlockSource, off: u64, len: usize) -> Option<Vec<u8>> {
     if off.checked_add(len as u64)? > src.virtual_size() {
         return None;
     }
@@ -123,7 +121,7 @@ pub fn crc32(data: &[u8]) -> u32 {
 }
 
 /// Mixed-endian GUID text, as tools print it.
-fn guid(b: &[u8]) -> String {
+pub(super) fn guid(b: &[u8]) -> String {
     format!(
         "{:08X}-{:04X}-{:04X}-{:02X}{:02X}-{}",
         le32(b, 0),
@@ -178,7 +176,7 @@ fn read_table(src: &dyn BlockSource) -> PartitionTable {
         })
         .collect();
     if entries.iter().any(|e| e.0 == MBR_TYPE_GPT_PROTECTIVE) {
-        if let Some(t) = read_gpt(src) {
+        if let Some(t) = super::gpt::read_gpt(src) {
             return t;
         }
         return PartitionTable {
@@ -335,157 +333,10 @@ fn read_logical(src: &dyn BlockSource, ext: u64, t: &mut PartitionTable) -> Vec<
     ebrs
 }
 
-fn read_gpt(src: &dyn BlockSource) -> Option<PartitionTable> {
-    let size = src.virtual_size();
-    let last_lba = size / SECTOR - 1;
-    let mut warnings = Vec::new();
-    // The backup is used only when the primary header itself is unusable.
-    let (used, other) = match gpt_at(src, 1) {
-        Ok(h) => {
-            let other = gpt_at(src, h.alternate).ok();
-            (h, other)
-        }
-        Err(e) => {
-            warnings.push(format!("primary GPT header: {e}"));
-            match gpt_at(src, last_lba) {
-                Ok(h) => (h, None),
-                Err(e) => {
-                    warnings.push(format!("backup GPT header: {e}"));
-                    return None;
-                }
-            }
-        }
-    };
-    let mut reserved = vec![Reserved {
-        start: 0,
-        len: SECTOR,
-        what: "the protective MBR",
-    }];
-    for h in std::iter::once(&used).chain(other.iter()) {
-        reserved.push(Reserved {
-            start: h.lba * SECTOR,
-            len: SECTOR,
-            what: "a GPT header",
-        });
-        reserved.push(Reserved {
-            start: h.entries_lba * SECTOR,
-            len: h.entries_bytes,
-            what: "a GPT entry array",
-        });
-    }
-    let lo = used.first_usable.saturating_mul(SECTOR);
-    let hi = used.last_usable.saturating_add(1).saturating_mul(SECTOR);
-    let layout_error = used
-        .bad_entry
-        .clone()
-        .or_else(|| check_layout(&used.parts, size, lo, hi, &reserved));
-    Some(PartitionTable {
-        kind: TableKind::Gpt,
-        partitions: used.parts,
-        warnings,
-        layout_error,
-    })
-}
-
-/// One CRC-checked GPT header and its entries.
-struct GptHeader {
-    lba: u64,
-    alternate: u64,
-    first_usable: u64,
-    last_usable: u64,
-    entries_lba: u64,
-    entries_bytes: u64,
-    parts: Vec<Partition>,
-    /// An entry that cannot describe a partition (end before start).
-    bad_entry: Option<String>,
-}
-
-fn gpt_at(src: &dyn BlockSource, lba: u64) -> Result<GptHeader, String> {
-    let h = read(
-        src,
-        lba.checked_mul(SECTOR).ok_or("bad LBA")?,
-        SECTOR as usize,
-    )
-    .ok_or("unreadable")?;
-    if &h[0..8] != GPT_SIGNATURE {
-        return Err("no signature".into());
-    }
-    let hsize = le32(&h, 12) as usize;
-    if !(92..=SECTOR as usize).contains(&hsize) {
-        return Err(format!("bad header size {hsize}"));
-    }
-    let mut hc = h[..hsize].to_vec();
-    hc[16..20].fill(0);
-    if crc32(&hc) != le32(&h, 16) {
-        return Err("header checksum mismatch".into());
-    }
-    if le64(&h, 24) != lba {
-        return Err(format!(
-            "header at LBA {lba} says it is at LBA {}",
-            le64(&h, 24)
-        ));
-    }
-    let entries_lba = le64(&h, 72);
-    let count = le32(&h, 80) as u64;
-    let esize = le32(&h, 84) as u64;
-    if !(128..=4096).contains(&esize) || count > MAX_GPT_ENTRIES {
-        return Err(format!(
-            "implausible entry table ({count} entries of {esize} bytes)"
-        ));
-    }
-    let table = read(
-        src,
-        entries_lba.checked_mul(SECTOR).ok_or("bad entry LBA")?,
-        (count * esize) as usize,
-    )
-    .ok_or("entry table lies past the end of the disk")?;
-    if crc32(&table) != le32(&h, 88) {
-        return Err("entry table checksum mismatch".into());
-    }
-    let mut parts = Vec::new();
-    let mut bad_entry = None;
-    for i in 0..count as usize {
-        let e = &table[i * esize as usize..(i + 1) * esize as usize];
-        if e[0..16].iter().all(|&b| b == 0) {
-            continue;
-        }
-        let (first, last) = (le64(e, 32), le64(e, 40));
-        let range = first.checked_mul(SECTOR).zip(
-            last.checked_add(1)
-                .and_then(|l| l.checked_mul(SECTOR))
-                .filter(|_| last >= first),
-        );
-        let Some((start, end)) = range else {
-            bad_entry.get_or_insert(format!(
-                "partition {} has an impossible range (LBA {first}..{last})",
-                i + 1
-            ));
-            continue;
-        };
-        parts.push(Partition {
-            index: i as u32 + 1,
-            start,
-            size: end - start,
-            type_id: format!("gpt:{}", guid(&e[0..16])),
-            part_uuid: guid(&e[16..32]).to_ascii_lowercase(),
-        });
-    }
-    parts.sort_by_key(|p| p.start);
-    Ok(GptHeader {
-        lba,
-        alternate: le64(&h, 32),
-        first_usable: le64(&h, 40),
-        last_usable: le64(&h, 48),
-        entries_lba,
-        entries_bytes: count * esize,
-        parts,
-        bad_entry,
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::bytes::le64;
     use crate::fs::testdisk::MemDisk;
     use std::process::{Command, Stdio};
 

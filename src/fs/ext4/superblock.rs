@@ -267,17 +267,28 @@ pub fn parse(r: &Region) -> Result<Super, FsError> {
     Ok(sb)
 }
 
-/// Block size, counts and group layout; all must add up.
-fn geometry(
+fn bad<T>(m: String) -> Result<T, FsError> {
+    Err(FsError::corrupt(m))
+}
+
+/// Block and cluster size, block count, group size and count.
+struct Blocks {
+    block: u64,
+    ratio: u64,
+    blocks: u64,
+    desc_size: u64,
+    first_data_block: u64,
+    blocks_per_group: u64,
+    units_per_group: u64,
+    groups: u64,
+}
+
+fn blocks_layout(
     b: &[u8],
     part_len: u64,
-    name: &'static str,
-    compat: u32,
     incompat: u32,
     ro_compat: u32,
-    csum: Csum,
-) -> Result<Super, FsError> {
-    let bad = |m: String| Err(FsError::corrupt(m));
+) -> Result<Blocks, FsError> {
     let log_block = le32(b, S_LOG_BLOCK_SIZE);
     let log_cluster = le32(b, S_LOG_CLUSTER_SIZE);
     if log_block > 6 {
@@ -308,8 +319,7 @@ fn geometry(
         ));
     }
     let first_data_block = le32(b, S_FIRST_DATA_BLOCK) as u64;
-    let expect_first = u64::from(block == 1024 && !bigalloc);
-    if first_data_block != expect_first {
+    if first_data_block != u64::from(block == 1024 && !bigalloc) {
         return bad(format!("first data block {first_data_block}"));
     }
     let blocks_per_group = le32(b, S_BLOCKS_PER_GROUP) as u64;
@@ -340,30 +350,58 @@ fn geometry(
     if groups > MAX_GROUPS {
         return bad(format!("{groups} block groups"));
     }
-    let rev = le32(b, S_REV_LEVEL);
-    let (inode_size, first_ino) = if rev == 0 {
+    Ok(Blocks {
+        block,
+        ratio,
+        blocks,
+        desc_size,
+        first_data_block,
+        blocks_per_group,
+        units_per_group,
+        groups,
+    })
+}
+
+/// Inode size, first non-reserved inode, inodes per group and in all.
+fn inodes_layout(b: &[u8], l: &Blocks) -> Result<(u64, u64, u64, u64), FsError> {
+    let (inode_size, first_ino) = if le32(b, S_REV_LEVEL) == 0 {
         (GOOD_OLD_INODE_SIZE, GOOD_OLD_FIRST_INO)
     } else {
         (le16(b, S_INODE_SIZE) as u64, le32(b, S_FIRST_INO) as u64)
     };
-    let inodes_per_group = le32(b, S_INODES_PER_GROUP) as u64;
-    let inodes_count = le32(b, S_INODES_COUNT) as u64;
-    if !(128..=block).contains(&inode_size) || !inode_size.is_power_of_two() {
+    let per_group = le32(b, S_INODES_PER_GROUP) as u64;
+    let count = le32(b, S_INODES_COUNT) as u64;
+    if !(128..=l.block).contains(&inode_size) || !inode_size.is_power_of_two() {
         return bad(format!("implausible inode size {inode_size}"));
     }
-    if inodes_per_group == 0
-        || inodes_per_group % 8 != 0
-        || inodes_per_group > block * 8
-        || inodes_count != inodes_per_group * groups
+    if per_group == 0
+        || per_group % 8 != 0
+        || per_group > l.block * 8
+        || count != per_group * l.groups
         || first_ino < GOOD_OLD_FIRST_INO
-        || first_ino > inodes_count
+        || first_ino > count
     {
         return bad(format!(
-            "implausible inode counts ({inodes_per_group} per group, {inodes_count} in all, first {first_ino})"
+            "implausible inode counts ({per_group} per group, {count} in all, first {first_ino})"
         ));
     }
-    let desc_per_block = block / desc_size;
-    let desc_blocks = groups.div_ceil(desc_per_block);
+    Ok((inode_size, first_ino, per_group, count))
+}
+
+/// Block size, counts and group layout; all must add up.
+fn geometry(
+    b: &[u8],
+    part_len: u64,
+    name: &'static str,
+    compat: u32,
+    incompat: u32,
+    ro_compat: u32,
+    csum: Csum,
+) -> Result<Super, FsError> {
+    let l = blocks_layout(b, part_len, incompat, ro_compat)?;
+    let (inode_size, first_ino, inodes_per_group, inodes_count) = inodes_layout(b, &l)?;
+    let desc_per_block = l.block / l.desc_size;
+    let desc_blocks = l.groups.div_ceil(desc_per_block);
     let reserved_gdt = le16(b, S_RESERVED_GDT_BLOCKS) as u64;
     let first_meta_bg = le32(b, S_FIRST_META_BG) as u64;
     let meta_bg = incompat & INCOMPAT_META_BG != 0;
@@ -372,7 +410,7 @@ fn geometry(
     } else {
         desc_blocks + reserved_gdt
     };
-    if (meta_bg && first_meta_bg > desc_blocks) || 1 + old_desc_blocks > blocks_per_group {
+    if (meta_bg && first_meta_bg > desc_blocks) || 1 + old_desc_blocks > l.blocks_per_group {
         return bad("group descriptor table does not fit in a group".into());
     }
     let mut uuid = [0u8; 16];
@@ -397,17 +435,17 @@ fn geometry(
         name,
         label: label_of(&b[S_VOLUME_NAME..S_VOLUME_NAME + 16]),
         uuid,
-        block,
-        ratio,
-        blocks,
-        first_data_block,
-        blocks_per_group,
-        units_per_group,
+        block: l.block,
+        ratio: l.ratio,
+        blocks: l.blocks,
+        first_data_block: l.first_data_block,
+        blocks_per_group: l.blocks_per_group,
+        units_per_group: l.units_per_group,
         inodes_per_group,
         inode_size,
         first_ino,
-        groups,
-        desc_size,
+        groups: l.groups,
+        desc_size: l.desc_size,
         desc_per_block,
         desc_blocks,
         reserved_gdt,
