@@ -63,10 +63,13 @@ fill() { # MOUNTPOINT
 }
 
 truth_ext4() { # DEV IMG OFFSET_BYTES INDEX -> JSON fragment
+  # The kernel wrote past the device's buffered pages; read fresh ones.
+  blockdev --flushbufs "$1"
   dumpe2fs "$1" 2>/dev/null | python3 "$here/scripts/fs-truth.py" ext4 "$2" "$3" "$4" "$(dumpe2fs -h "$1" 2>/dev/null | awk -F: '/^Block size/ {gsub(/ /,"",$2); print $2}')"
 }
 truth_xfs() { # DEV IMG OFFSET_BYTES INDEX
   local bs agblocks agcount
+  blockdev --flushbufs "$1"
   bs=$(xfs_db -r -c 'sb 0' -c 'p blocksize' "$1" | awk '{print $3}')
   agblocks=$(xfs_db -r -c 'sb 0' -c 'p agblocks' "$1" | awk '{print $3}')
   agcount=$(xfs_db -r -c 'sb 0' -c 'p agcount' "$1" | awk '{print $3}')

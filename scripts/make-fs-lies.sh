@@ -54,6 +54,12 @@ attach() { # IMG OFFSET_MIB SIZE_MIB: sets $d to a loop device over that range
   d=$(losetup --offset $(( $2 * M )) --sizelimit $(( $3 * M )) -f --show "$1")
   loops+=("$d")
 }
+# Unmounts $mnt and drops the loop device's buffered pages: the kernel
+# filesystem wrote past them, and debugfs/xfs_db/dumpe2fs read through them.
+unmount() {
+  umount "$mnt"
+  blockdev --flushbufs "$d"
+}
 detach() { # DEV: detaches it and forgets it, so cleanup never detaches a reused name
   local i
   losetup -d "$1"
@@ -142,30 +148,30 @@ ext_lies() {
   local img="$out/ext-lies.raw" n=ext-lies blocks b ind itable ino g off csum
   new_gpt "$img" 480 64 64 64 64 64 64 64
   # p1: file data freed.
-  attach "$img" 1 64; mkfs.ext4 -q -b 4096 "$d"; mount "$d" "$mnt"; fill "$mnt"; umount "$mnt"
+  attach "$img" 1 64; mkfs.ext4 -q -b 4096 "$d"; mount "$d" "$mnt"; fill "$mnt"; unmount
   blocks=$(debugfs -R "blocks /data/random.bin" "$d" 2>/dev/null | tr ' ' '\n' | awk 'NF && NR <= 64')
   "$here/ext4-freeb-lie.sh" "$d" $blocks; detach "$d"; layout $n 1 1 64 ext4 whole
   # p2: an extent tree leaf block freed (a file of 60 separate extents).
   attach "$img" 65 64; mkfs.ext4 -q -b 4096 "$d"; mount "$d" "$mnt"; fill "$mnt"
   for b in $(seq 0 59); do head -c 4096 /dev/urandom | dd of="$mnt/data/frag" bs=4096 seek=$(( b * 8 )) conv=notrunc,fsync status=none; done
-  umount "$mnt"
+  unmount
   b=$(debugfs -R "stat /data/frag" "$d" 2>/dev/null | sed -n 's/.*(ETB0):\([0-9]*\).*/\1/p' | awk 'NR == 1')
   [ -n "$b" ] || { echo "make-fs-lies: /data/frag has no extent tree block" >&2; exit 1; }
   "$here/ext4-freeb-lie.sh" "$d" "$b"; detach "$d"; layout $n 2 65 64 ext4 whole
   # p3: ext3 (block maps): an indirect block freed.
-  attach "$img" 129 64; mkfs.ext3 -q -b 4096 "$d"; mount "$d" "$mnt"; fill "$mnt"; umount "$mnt"
+  attach "$img" 129 64; mkfs.ext3 -q -b 4096 "$d"; mount "$d" "$mnt"; fill "$mnt"; unmount
   ind=$(debugfs -R "stat /data/random.bin" "$d" 2>/dev/null | sed -n 's/.*(IND):\([0-9]*\).*/\1/p' | awk 'NR == 1')
   [ -n "$ind" ] || { echo "make-fs-lies: /data/random.bin has no indirect block" >&2; exit 1; }
   "$here/ext4-freeb-lie.sh" "$d" "$ind"; detach "$d"; layout $n 3 129 64 ext4 whole
   # p4: the inode-table block holding /data/text.txt's inode freed.
-  attach "$img" 193 64; mkfs.ext4 -q -b 4096 "$d"; mount "$d" "$mnt"; fill "$mnt"; umount "$mnt"
+  attach "$img" 193 64; mkfs.ext4 -q -b 4096 "$d"; mount "$d" "$mnt"; fill "$mnt"; unmount
   ino=$(debugfs -R "stat /data/text.txt" "$d" 2>/dev/null | sed -n 's/^Inode: \([0-9]*\).*/\1/p')
   g=$(( (ino - 1) / $(dumpe2fs -h "$d" 2>/dev/null | awk -F: '/^Inodes per group/ {print $2+0}') ))
   itable=$(dumpe2fs "$d" 2>/dev/null | awk -v g="Group $g:" '$0 ~ "^"g { f = 1 } f && /Inode table at/ { sub(/.*Inode table at /, ""); sub(/-.*/, ""); print; exit }')
   off=$(( ((ino - 1) % $(dumpe2fs -h "$d" 2>/dev/null | awk -F: '/^Inodes per group/ {print $2+0}')) * 256 / 4096 ))
   "$here/ext4-freeb-lie.sh" "$d" $(( itable + off )); detach "$d"; layout $n 4 193 64 ext4 whole
   # p5: file data freed, but the bitmap checksum left as it was.
-  attach "$img" 257 64; mkfs.ext4 -q -b 4096 "$d"; mount "$d" "$mnt"; fill "$mnt"; umount "$mnt"
+  attach "$img" 257 64; mkfs.ext4 -q -b 4096 "$d"; mount "$d" "$mnt"; fill "$mnt"; unmount
   blocks=$(debugfs -R "blocks /data/random.bin" "$d" 2>/dev/null | tr ' ' '\n' | awk 'NF && NR <= 64')
   b=${blocks%%$'\n'*}
   g=$(( b / 32768 ))
@@ -176,7 +182,7 @@ ext_lies() {
     debugfs -w -n -f - "$d" >/dev/null 2>&1
   detach "$d"; layout $n 5 257 64 ext4 whole
   # p6: file data freed on a filesystem with an ro_compat bit vmfinal does not know.
-  attach "$img" 321 64; mkfs.ext4 -q -b 4096 "$d"; mount "$d" "$mnt"; fill "$mnt"; umount "$mnt"
+  attach "$img" 321 64; mkfs.ext4 -q -b 4096 "$d"; mount "$d" "$mnt"; fill "$mnt"; unmount
   blocks=$(debugfs -R "blocks /data/random.bin" "$d" 2>/dev/null | tr ' ' '\n' | awk 'NF && NR <= 64')
   "$here/ext4-freeb-lie.sh" "$d" $blocks
   python3 - "$d" <<'PY'
@@ -198,23 +204,23 @@ with open(dev, 'r+b') as f:
 PY
   detach "$d"; layout $n 6 321 64 bytes whole
   # p7: a clean control.
-  attach "$img" 385 64; mkfs.ext4 -q -b 4096 "$d"; mount "$d" "$mnt"; fill "$mnt"; umount "$mnt"
+  attach "$img" 385 64; mkfs.ext4 -q -b 4096 "$d"; mount "$d" "$mnt"; fill "$mnt"; unmount
   detach "$d"; layout $n 7 385 64 ext4 skip
 }
 
 xfs_lies() {
   local img="$out/xfs-lies.raw" n=xfs-lies inc
   new_gpt "$img" 1300 320 320 320 320
-  attach "$img" 1 320; mkfs.xfs -q -f "$d"; mount "$d" "$mnt"; fill "$mnt"; umount "$mnt"
+  attach "$img" 1 320; mkfs.xfs -q -f "$d"; mount "$d" "$mnt"; fill "$mnt"; unmount
   "$here/xfs-free-lie.sh" "$d" 0 64 bno >/dev/null; detach "$d"; layout $n 1 1 320 xfs whole
-  attach "$img" 321 320; mkfs.xfs -q -f -m rmapbt=1 "$d"; mount "$d" "$mnt"; fill "$mnt"; umount "$mnt"
+  attach "$img" 321 320; mkfs.xfs -q -f -m rmapbt=1 "$d"; mount "$d" "$mnt"; fill "$mnt"; unmount
   "$here/xfs-free-lie.sh" "$d" 0 64 both >/dev/null; detach "$d"; layout $n 2 321 320 xfs whole
-  attach "$img" 641 320; mkfs.xfs -q -f "$d"; mount "$d" "$mnt"; fill "$mnt"; umount "$mnt"
+  attach "$img" 641 320; mkfs.xfs -q -f "$d"; mount "$d" "$mnt"; fill "$mnt"; unmount
   "$here/xfs-free-lie.sh" "$d" 0 64 both >/dev/null
   inc=$(xfs_db -r -c "sb 0" -c "p features_incompat" "$d" | awk '{print $3}')
   xfs_db -x -c "sb 0" -c "write features_incompat $(( inc | 0x10 ))" "$d" >/dev/null
   detach "$d"; layout $n 3 641 320 xfs whole
-  attach "$img" 961 320; mkfs.xfs -q -f "$d"; mount "$d" "$mnt"; fill "$mnt"; umount "$mnt"
+  attach "$img" 961 320; mkfs.xfs -q -f "$d"; mount "$d" "$mnt"; fill "$mnt"; unmount
   detach "$d"; layout $n 4 961 320 xfs skip
 }
 
@@ -222,7 +228,7 @@ swap_lies() {
   local img="$out/swap-lies.raw" n=swap-lies
   new_gpt "$img" 320 128 32 32 32 32 32
   # p1: btrfs with files, under a stale swap signature and header.
-  attach "$img" 1 128; mkfs.btrfs -q -f "$d" >/dev/null; mount "$d" "$mnt"; fill "$mnt"; umount "$mnt"; detach "$d"
+  attach "$img" 1 128; mkfs.btrfs -q -f "$d" >/dev/null; mount "$d" "$mnt"; fill "$mnt"; unmount; detach "$d"
   swap_header "$img" $(( 1 * M )) $(( 128 * 256 ))
   layout $n 1 1 128 btrfs whole
   # p2: TuxOnIce: image pages, a valid swap header, the TuxOnIce magic at 0.
@@ -251,7 +257,7 @@ part_lies() {
   img="$out/overlap.raw"; new_gpt "$img" 256 200
   attach "$img" 1 200; mkfs.ext4 -q -b 4096 "$d"; mount "$d" "$mnt"
   dd if=/dev/urandom of="$mnt/swapfile" bs=1M count=8 conv=fsync status=none
-  chmod 600 "$mnt/swapfile"; mkswap -q "$mnt/swapfile"; fill "$mnt"; umount "$mnt"
+  chmod 600 "$mnt/swapfile"; mkswap -q "$mnt/swapfile"; fill "$mnt"; unmount
   blk=$(debugfs -R "bmap /swapfile 0" "$d" 2>/dev/null)
   detach "$d"
   first=$(( 2048 + blk * 8 ))
@@ -259,7 +265,7 @@ part_lies() {
   layout overlap 1 1 200 ext4 whole
   # over-gpt.raw: p2 covers the last MiB, the backup GPT included.
   img="$out/over-gpt.raw"; new_gpt "$img" 128 100
-  attach "$img" 1 100; mkfs.ext4 -q -b 4096 "$d"; mount "$d" "$mnt"; fill "$mnt"; umount "$mnt"; detach "$d"
+  attach "$img" 1 100; mkfs.ext4 -q -b 4096 "$d"; mount "$d" "$mnt"; fill "$mnt"; unmount; detach "$d"
   gpt_entry "$img" 2 $(( 127 * 2048 )) $(( 128 * 2048 - 1 ))
   swap_header "$img" $(( 127 * M )) 256
   layout over-gpt 1 1 100 ext4 whole
@@ -268,7 +274,7 @@ part_lies() {
   # image cut short), over a stale whole-disk swap header in the MBR gap.
   img="$out/past-end.raw"; rm -f "$img" "$out/past-end.layout"; truncate -s 128M "$img"
   printf 'label: dos\nstart=2048, size=204800, type=83\n' | sfdisk -q "$img"
-  attach "$img" 1 100; mkfs.ext4 -q -b 4096 "$d"; mount "$d" "$mnt"; fill "$mnt"; umount "$mnt"; detach "$d"
+  attach "$img" 1 100; mkfs.ext4 -q -b 4096 "$d"; mount "$d" "$mnt"; fill "$mnt"; unmount; detach "$d"
   python3 - "$img" <<'PY'
 import struct, sys
 with open(sys.argv[1], 'r+b') as f:
