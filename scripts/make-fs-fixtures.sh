@@ -11,6 +11,12 @@
 #   scripts/make-fs-fixtures.sh OUTDIR
 # Needs root (loop devices, mount), e2fsprogs, xfsprogs, util-linux, attr, python3.
 set -euo pipefail
+# Mount only in a private mount namespace: a namespace another process
+# creates meanwhile (any unshare on this machine) would copy our mounts and
+# keep the filesystems alive, half written back, after our umount.
+if [ -z "${VMFINAL_FIXTURE_NS:-}" ]; then
+  exec env VMFINAL_FIXTURE_NS=1 unshare --mount --propagation private bash "$0" "$@"
+fi
 out=${1:?usage: make-fs-fixtures.sh OUTDIR}
 mkdir -p "$out"
 out=$(cd "$out" && pwd)

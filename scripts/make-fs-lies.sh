@@ -35,6 +35,12 @@
 # util-linux (sfdisk, losetup, mkswap), attr, python3.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
+# Mount only in a private mount namespace: a namespace another process
+# creates meanwhile (any unshare on this machine) would copy our mounts and
+# keep the filesystems alive, half written back, after our umount.
+if [ -z "${VMFINAL_FIXTURE_NS:-}" ]; then
+  exec env VMFINAL_FIXTURE_NS=1 unshare --mount --propagation private bash "$0" "$@"
+fi
 out=${1:?usage: make-fs-lies.sh OUTDIR [NAME...]}
 shift
 mkdir -p "$out"
