@@ -11,6 +11,12 @@
 #   scripts/make-fs-fixtures.sh OUTDIR
 # Needs root (loop devices, mount), e2fsprogs, xfsprogs, util-linux, attr, python3.
 set -euo pipefail
+# Mount only in a private mount namespace: a namespace another process
+# creates meanwhile (any unshare on this machine) would copy our mounts and
+# keep the filesystems alive, half written back, after our umount.
+if [ -z "${VMFINAL_FIXTURE_NS:-}" ]; then
+  exec env VMFINAL_FIXTURE_NS=1 unshare --mount --propagation private bash "$0" "$@"
+fi
 out=${1:?usage: make-fs-fixtures.sh OUTDIR}
 mkdir -p "$out"
 out=$(cd "$out" && pwd)
@@ -18,7 +24,8 @@ mnt=$(mktemp -d "$out/mnt.XXXXXX")
 loops=()
 cleanup() {
   mountpoint -q "$mnt" && umount "$mnt" || true
-  for l in "${loops[@]}"; do losetup -d "$l" 2>/dev/null || true; done
+  # Only the loop devices this script attached and has not detached yet.
+  for l in "${loops[@]}"; do [ -z "$l" ] || losetup -d "$l" 2>/dev/null || true; done
   rmdir "$mnt" 2>/dev/null || true
 }
 trap cleanup EXIT
@@ -27,7 +34,11 @@ attach() { # IMG OFFSET_MIB SIZE_MIB: sets $d to the loop device
   d=$(losetup --offset $(( $2 * 1048576 )) --sizelimit $(( $3 * 1048576 )) -f --show "$1")
   loops+=("$d")
 }
-detach() { losetup -d "$1"; }
+detach() { # DEV: detaches it and forgets it, so cleanup never detaches a reused name
+  local i
+  losetup -d "$1"
+  for i in "${!loops[@]}"; do [ "${loops[$i]}" != "$1" ] || loops[i]=; done
+}
 
 # Dirty the free space (random files, then deleted), then add real files with
 # symlinks, xattrs, odd modes and owners.
@@ -58,10 +69,13 @@ fill() { # MOUNTPOINT
 }
 
 truth_ext4() { # DEV IMG OFFSET_BYTES INDEX -> JSON fragment
+  # The kernel wrote past the device's buffered pages; read fresh ones.
+  blockdev --flushbufs "$1"
   dumpe2fs "$1" 2>/dev/null | python3 "$here/scripts/fs-truth.py" ext4 "$2" "$3" "$4" "$(dumpe2fs -h "$1" 2>/dev/null | awk -F: '/^Block size/ {gsub(/ /,"",$2); print $2}')"
 }
 truth_xfs() { # DEV IMG OFFSET_BYTES INDEX
   local bs agblocks agcount
+  blockdev --flushbufs "$1"
   bs=$(xfs_db -r -c 'sb 0' -c 'p blocksize' "$1" | awk '{print $3}')
   agblocks=$(xfs_db -r -c 'sb 0' -c 'p agblocks' "$1" | awk '{print $3}')
   agcount=$(xfs_db -r -c 'sb 0' -c 'p agcount' "$1" | awk '{print $3}')

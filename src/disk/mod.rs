@@ -1,6 +1,7 @@
 //! Partition tables (MBR with extended/logical partitions, GPT with its
 //! backup header), read-only and bounds-checked through a `BlockSource`.
 
+mod gpt;
 pub mod lvm;
 pub mod partition;
 

@@ -1,8 +1,13 @@
-//! MBR and GPT parsing. A disk with neither is one "partition" covering the
-//! whole disk (a bare filesystem). Every entry is checked against the disk
-//! size; an entry that does not fit is dropped with a warning.
+//! Partition tables: MBR parsing here, GPT in `gpt`. A disk with neither is
+//! one "partition" covering the whole disk (a bare filesystem). The layout
+//! is checked as a whole: a
+//! partition past the end of the disk, two partitions that overlap, a
+//! logical partition outside its extended partition, or a partition over
+//! the table's own structures (MBR, GPT headers and entry arrays, extended
+//! boot records) make the layout untrustworthy: `layout_error` says why,
+//! and filesystem-aware compaction copies such a disk whole.
 
-use crate::bytes::{le32, le64};
+use crate::bytes::le32;
 use crate::image::BlockSource;
 
 pub const SECTOR: u64 = 512;
@@ -12,9 +17,6 @@ const MBR_TYPE_GPT_PROTECTIVE: u8 = 0xEE;
 const MBR_EXTENDED: [u8; 3] = [0x05, 0x0F, 0x85];
 /// Logical partitions followed at most (guards against EBR loops).
 const MAX_LOGICAL: usize = 128;
-const GPT_SIGNATURE: &[u8; 8] = b"EFI PART";
-/// GPT entries read at most.
-const MAX_GPT_ENTRIES: u64 = 1024;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -45,9 +47,66 @@ pub struct PartitionTable {
     pub kind: TableKind,
     pub partitions: Vec<Partition>,
     pub warnings: Vec<String>,
+    /// Why the partitions cannot be trusted to describe separate regions
+    /// (overlap, past the end, over the table): nothing may be skipped.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub layout_error: Option<String>,
 }
 
-fn read(src: &dyn BlockSource, off: u64, len: usize) -> Option<Vec<u8>> {
+/// A byte range the partition table itself occupies.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Reserved {
+    pub start: u64,
+    pub len: u64,
+    pub what: &'static str,
+}
+
+/// Checks that the partitions lie inside `[lo, hi)`, inside the disk, apart
+/// from each other and apart from the table's own structures.
+pub(super) fn check_layout(
+    parts: &[Partition],
+    size: u64,
+    lo: u64,
+    hi: u64,
+    reserved: &[Reserved],
+) -> Option<String> {
+    for p in parts {
+        let Some(end) = p.start.checked_add(p.size) else {
+            return Some(format!("partition {} has an impossible size", p.index));
+        };
+        if end > size {
+            return Some(format!(
+                "partition {} ends at byte {end}, past the end of the {size}-byte disk",
+                p.index
+            ));
+        }
+        if p.start < lo || end > hi {
+            return Some(format!(
+                "partition {} ({}..{}) lies outside the area the partition table allows ({lo}..{hi})",
+                p.index, p.start, end
+            ));
+        }
+        if let Some(r) = reserved
+            .iter()
+            .find(|r| r.start < end && p.start < r.start + r.len)
+        {
+            return Some(format!("partition {} lies over {}", p.index, r.what));
+        }
+    }
+    let mut v: Vec<&Partition> = parts.iter().collect();
+    v.sort_by_key(|p| (p.start, p.index));
+    for w in v.windows(2) {
+        if w[1].start < w[0].start + w[0].size {
+            return Some(format!(
+                "partitions {} and {} overlap",
+                w[0].index, w[1].index
+            ));
+        }
+    }
+    None
+}
+
+pub(super) fn read(src: &dyn BlockSource, off: u64, len: usize) -> Option<Vec<u8>> {
     if off.checked_add(len as u64)? > src.virtual_size() {
         return None;
     }
@@ -62,7 +121,7 @@ pub fn crc32(data: &[u8]) -> u32 {
 }
 
 /// Mixed-endian GUID text, as tools print it.
-fn guid(b: &[u8]) -> String {
+pub(super) fn guid(b: &[u8]) -> String {
     format!(
         "{:08X}-{:04X}-{:04X}-{:02X}{:02X}-{}",
         le32(b, 0),
@@ -77,8 +136,20 @@ fn guid(b: &[u8]) -> String {
     )
 }
 
-/// Reads the partition table of `src`.
+/// Reads the partition table of `src`. Every partition returned lies
+/// inside the disk (one that runs past its end is cut at the end, and the
+/// layout error says so).
 pub fn read_partitions(src: &dyn BlockSource) -> PartitionTable {
+    let size = src.virtual_size();
+    let mut t = read_table(src);
+    t.partitions.retain(|p| p.start < size);
+    for p in &mut t.partitions {
+        p.size = p.size.min(size - p.start);
+    }
+    t
+}
+
+fn read_table(src: &dyn BlockSource) -> PartitionTable {
     let size = src.virtual_size();
     let whole = || PartitionTable {
         kind: TableKind::None,
@@ -90,6 +161,7 @@ pub fn read_partitions(src: &dyn BlockSource) -> PartitionTable {
             part_uuid: String::new(),
         }],
         warnings: Vec::new(),
+        layout_error: None,
     };
     let Some(mbr) = read(src, 0, SECTOR as usize) else {
         return whole();
@@ -104,7 +176,7 @@ pub fn read_partitions(src: &dyn BlockSource) -> PartitionTable {
         })
         .collect();
     if entries.iter().any(|e| e.0 == MBR_TYPE_GPT_PROTECTIVE) {
-        if let Some(t) = read_gpt(src) {
+        if let Some(t) = super::gpt::read_gpt(src) {
             return t;
         }
         return PartitionTable {
@@ -113,19 +185,18 @@ pub fn read_partitions(src: &dyn BlockSource) -> PartitionTable {
             warnings: vec![
                 "protective MBR, but neither GPT header is valid: the disk is copied whole".into(),
             ],
+            layout_error: None,
         };
     }
     // A bare filesystem's boot sector can carry 0x55AA (FAT): require every
-    // used entry to be a plausible partition inside the disk.
+    // used entry to look like a partition entry (status 0x00/0x80, a start).
     let used: Vec<_> = entries
         .iter()
         .enumerate()
         .filter(|(_, e)| e.0 != 0 && e.2 != 0)
         .collect();
     let plausible = !used.is_empty()
-        && used
-            .iter()
-            .all(|(_, e)| e.1 >= 1 && (e.1 + e.2) * SECTOR <= size)
+        && used.iter().all(|(_, e)| e.1 >= 1)
         && used
             .iter()
             .all(|(i, _)| mbr[MBR_TABLE + i * 16] & 0x7F == 0);
@@ -136,10 +207,36 @@ pub fn read_partitions(src: &dyn BlockSource) -> PartitionTable {
         kind: TableKind::Mbr,
         partitions: Vec::new(),
         warnings: Vec::new(),
+        layout_error: None,
     };
+    let mut reserved = vec![Reserved {
+        start: 0,
+        len: SECTOR,
+        what: "the MBR",
+    }];
+    let mut containers: Vec<(u64, u64, u32)> = Vec::new();
     for (i, e) in used {
         if MBR_EXTENDED.contains(&e.0) {
-            read_logical(src, e.1 * SECTOR, &mut t);
+            let (start, len) = (e.1 * SECTOR, e.2 * SECTOR);
+            containers.push((start, len, i as u32 + 1));
+            let first_logical = t.partitions.len();
+            let ebrs = read_logical(src, start, &mut t);
+            reserved.extend(ebrs.iter().map(|&b| Reserved {
+                start: b,
+                len: SECTOR,
+                what: "an extended boot record",
+            }));
+            if t.layout_error.is_none()
+                && let Some(p) = t.partitions[first_logical..]
+                    .iter()
+                    .find(|p| p.start < start || p.start + p.size > start + len)
+            {
+                t.layout_error = Some(format!(
+                    "logical partition {} lies outside its extended partition {}",
+                    p.index,
+                    i + 1
+                ));
+            }
         } else {
             t.partitions.push(Partition {
                 index: i as u32 + 1,
@@ -155,24 +252,48 @@ pub fn read_partitions(src: &dyn BlockSource) -> PartitionTable {
     for p in &mut t.partitions {
         p.part_uuid = format!("{sig:08x}-{:02x}", p.index);
     }
+    if t.layout_error.is_none() {
+        // Extended partitions are checked like data partitions against the
+        // primaries and the disk, but may contain the logical ones.
+        let mut outer: Vec<Partition> = t
+            .partitions
+            .iter()
+            .filter(|p| p.index <= 4)
+            .cloned()
+            .collect();
+        outer.extend(containers.iter().map(|&(start, size, index)| Partition {
+            index,
+            start,
+            size,
+            type_id: String::new(),
+            part_uuid: String::new(),
+        }));
+        t.layout_error = check_layout(&outer, size, 0, size, &reserved[..1])
+            .or_else(|| check_layout(&t.partitions, size, 0, size, &reserved));
+    }
     t
 }
 
-/// Follows the EBR chain of an extended partition starting at byte `ext`.
-fn read_logical(src: &dyn BlockSource, ext: u64, t: &mut PartitionTable) {
+/// Follows the EBR chain of an extended partition starting at byte `ext`;
+/// returns the EBRs' byte offsets. A broken chain is a layout error.
+fn read_logical(src: &dyn BlockSource, ext: u64, t: &mut PartitionTable) -> Vec<u64> {
     let size = src.virtual_size();
     let mut ebr = ext;
+    let mut ebrs = Vec::new();
+    let fail = |t: &mut PartitionTable, msg: String| {
+        t.warnings.push(msg.clone());
+        t.layout_error.get_or_insert(msg);
+    };
     for n in 0..MAX_LOGICAL {
         let Some(b) = read(src, ebr, SECTOR as usize) else {
-            t.warnings
-                .push(format!("extended boot record at {ebr} is unreadable"));
-            return;
+            fail(t, format!("extended boot record at {ebr} is unreadable"));
+            return ebrs;
         };
         if b[510..512] != MBR_SIGNATURE {
-            t.warnings
-                .push(format!("extended boot record at {ebr} has no signature"));
-            return;
+            fail(t, format!("extended boot record at {ebr} has no signature"));
+            return ebrs;
         }
+        ebrs.push(ebr);
         let e0 = &b[MBR_TABLE..MBR_TABLE + 16];
         let e1 = &b[MBR_TABLE + 16..MBR_TABLE + 32];
         let (start, len) = (
@@ -189,110 +310,227 @@ fn read_logical(src: &dyn BlockSource, ext: u64, t: &mut PartitionTable) {
                     part_uuid: String::new(),
                 });
             } else {
-                t.warnings.push(format!(
-                    "logical partition {} lies past the end of the disk",
-                    5 + n
-                ));
+                fail(
+                    t,
+                    format!("logical partition {} lies past the end of the disk", 5 + n),
+                );
             }
         }
         let next = le32(e1, 8) as u64 * SECTOR;
         if e1[4] == 0 || next == 0 {
-            return;
+            return ebrs;
         }
         let Some(n_ebr) = ext.checked_add(next).filter(|&x| x > ebr) else {
-            t.warnings.push("extended boot records loop".into());
-            return;
+            fail(t, "extended boot records loop".into());
+            return ebrs;
         };
         ebr = n_ebr;
     }
-    t.warnings.push(format!(
-        "more than {MAX_LOGICAL} logical partitions: the rest are ignored"
-    ));
-}
-
-fn read_gpt(src: &dyn BlockSource) -> Option<PartitionTable> {
-    let last_lba = src.virtual_size() / SECTOR - 1;
-    let mut warnings = Vec::new();
-    for (lba, name) in [(1, "primary"), (last_lba, "backup")] {
-        match gpt_at(src, lba) {
-            Ok(parts) => {
-                return Some(PartitionTable {
-                    kind: TableKind::Gpt,
-                    partitions: parts,
-                    warnings,
-                });
-            }
-            Err(e) => warnings.push(format!("{name} GPT header: {e}")),
-        }
-    }
-    None
-}
-
-fn gpt_at(src: &dyn BlockSource, lba: u64) -> Result<Vec<Partition>, String> {
-    let size = src.virtual_size();
-    let h = read(src, lba * SECTOR, SECTOR as usize).ok_or("unreadable")?;
-    if &h[0..8] != GPT_SIGNATURE {
-        return Err("no signature".into());
-    }
-    let hsize = le32(&h, 12) as usize;
-    if !(92..=SECTOR as usize).contains(&hsize) {
-        return Err(format!("bad header size {hsize}"));
-    }
-    let mut hc = h[..hsize].to_vec();
-    hc[16..20].fill(0);
-    if crc32(&hc) != le32(&h, 16) {
-        return Err("header checksum mismatch".into());
-    }
-    let entries_lba = le64(&h, 72);
-    let count = le32(&h, 80) as u64;
-    let esize = le32(&h, 84) as u64;
-    if !(128..=4096).contains(&esize) || count > MAX_GPT_ENTRIES {
-        return Err(format!(
-            "implausible entry table ({count} entries of {esize} bytes)"
-        ));
-    }
-    let table = read(
-        src,
-        entries_lba.checked_mul(SECTOR).ok_or("bad entry LBA")?,
-        (count * esize) as usize,
-    )
-    .ok_or("entry table lies past the end of the disk")?;
-    if crc32(&table) != le32(&h, 88) {
-        return Err("entry table checksum mismatch".into());
-    }
-    let mut out = Vec::new();
-    for i in 0..count as usize {
-        let e = &table[i * esize as usize..(i + 1) * esize as usize];
-        if e[0..16].iter().all(|&b| b == 0) {
-            continue;
-        }
-        let (first, last) = (le64(e, 32), le64(e, 40));
-        let start = first.checked_mul(SECTOR).ok_or("bad partition start")?;
-        let end = last
-            .checked_add(1)
-            .and_then(|l| l.checked_mul(SECTOR))
-            .ok_or("bad partition end")?;
-        if last < first || end > size {
-            return Err(format!("partition {} lies outside the disk", i + 1));
-        }
-        out.push(Partition {
-            index: i as u32 + 1,
-            start,
-            size: end - start,
-            type_id: format!("gpt:{}", guid(&e[0..16])),
-            part_uuid: guid(&e[16..32]).to_ascii_lowercase(),
-        });
-    }
-    out.sort_by_key(|p| p.start);
-    Ok(out)
+    fail(
+        t,
+        format!("more than {MAX_LOGICAL} logical partitions: the rest are ignored"),
+    );
+    ebrs
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::bytes::le64;
+    use crate::fs::testdisk::MemDisk;
+    use std::process::{Command, Stdio};
 
     #[test]
     fn crc32_known_value() {
         assert_eq!(crc32(b"123456789"), 0xCBF4_3926);
+    }
+
+    /// A 64 MiB disk partitioned by sfdisk from `script`.
+    fn sfdisk(script: &str) -> Option<Vec<u8>> {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("disk");
+        std::fs::File::create(&p)
+            .unwrap()
+            .set_len(64 << 20)
+            .unwrap();
+        let child = Command::new("sfdisk")
+            .args(["-q", "--no-reread", "--no-tell-kernel"])
+            .arg(&p)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn();
+        let Ok(mut child) = child else {
+            assert!(std::env::var("CI").is_err(), "sfdisk is needed in CI");
+            return None;
+        };
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(script.as_bytes())
+            .unwrap();
+        assert!(child.wait().unwrap().success(), "sfdisk failed on {script}");
+        Some(std::fs::read(&p).unwrap())
+    }
+
+    fn table(img: &[u8]) -> PartitionTable {
+        read_partitions(&MemDisk(img.to_vec()))
+    }
+
+    fn set32(b: &mut [u8], at: usize, v: u32) {
+        b[at..at + 4].copy_from_slice(&v.to_le_bytes());
+    }
+
+    fn set64(b: &mut [u8], at: usize, v: u64) {
+        b[at..at + 8].copy_from_slice(&v.to_le_bytes());
+    }
+
+    /// Rewrites GPT entry `i` (0-based) to LBAs `first..=last` in both
+    /// copies, recomputing every checksum: a lie GPT tools would accept.
+    fn gpt_set(img: &mut [u8], i: usize, first: u64, last: u64) {
+        let last_lba = (img.len() as u64 / SECTOR - 1) as usize;
+        for hdr in [1usize, last_lba] {
+            let h = hdr * 512;
+            let entries = le64(img, h + 72) as usize * 512;
+            let (count, esize) = (le32(img, h + 80) as usize, le32(img, h + 84) as usize);
+            let e = entries + i * esize;
+            set64(img, e + 32, first);
+            set64(img, e + 40, last);
+            let c = crc32(&img[entries..entries + count * esize]);
+            set32(img, h + 88, c);
+            set32(img, h + 16, 0);
+            let hsize = le32(img, h + 12) as usize;
+            let c = crc32(&img[h..h + hsize]);
+            set32(img, h + 16, c);
+        }
+    }
+
+    #[test]
+    fn sane_tables_have_no_layout_error() {
+        let Some(g) = sfdisk("label: gpt\nstart=2048, size=20480\nstart=22528, size=20480\n")
+        else {
+            return;
+        };
+        let t = table(&g);
+        assert_eq!((t.kind, t.partitions.len()), (TableKind::Gpt, 2));
+        assert_eq!(t.layout_error, None);
+        let Some(m) = sfdisk(
+            "label: dos\nstart=2048, size=20480, type=83\nstart=22528, size=40960, type=5\nstart=24576, size=8192, type=83\nstart=34816, size=8192, type=83\n",
+        ) else {
+            return;
+        };
+        let t = table(&m);
+        assert_eq!((t.kind, t.partitions.len()), (TableKind::Mbr, 3), "{t:?}");
+        assert_eq!(t.layout_error, None, "{t:?}");
+    }
+
+    #[test]
+    fn gpt_lies_are_layout_errors() {
+        let Some(g) = sfdisk("label: gpt\nstart=2048, size=20480\nstart=22528, size=20480\n")
+        else {
+            return;
+        };
+        let last = g.len() as u64 / SECTOR - 1;
+        for (what, first, end, want) in [
+            ("overlap", 10_000, 30_000, "overlap"),
+            ("entry array", 2, 30_000, "outside the area"),
+            ("past the end", 22_528, last + 100, "past the end"),
+            ("backup", 22_528, last, "outside the area"),
+        ] {
+            let mut b = g.clone();
+            gpt_set(&mut b, 1, first, end);
+            let t = table(&b);
+            assert_eq!(t.kind, TableKind::Gpt, "{what}");
+            let e = t.layout_error.unwrap_or_else(|| panic!("{what}: accepted"));
+            assert!(e.contains(want), "{what}: {e}");
+        }
+        // A header whose usable area covers its own entry array.
+        let mut b = g.clone();
+        gpt_set(&mut b, 0, 2, 20_000);
+        for hdr in [1usize, last as usize] {
+            let h = hdr * 512;
+            set64(&mut b, h + 40, 2);
+            set32(&mut b, h + 16, 0);
+            let c = crc32(&b[h..h + 92]);
+            set32(&mut b, h + 16, c);
+        }
+        let e = table(&b).layout_error.expect("partition over the entries");
+        assert!(e.contains("GPT"), "{e}");
+    }
+
+    #[test]
+    fn mbr_lies_are_layout_errors() {
+        let Some(m) = sfdisk(
+            "label: dos\nstart=2048, size=20480, type=83\nstart=22528, size=40960, type=5\nstart=24576, size=8192, type=83\n",
+        ) else {
+            return;
+        };
+        let entry = |i: usize| 446 + i * 16;
+        // Primary 1 grows over the extended partition.
+        let mut b = m.clone();
+        set32(&mut b, entry(0) + 12, 30_000);
+        assert!(table(&b).layout_error.unwrap().contains("overlap"));
+        // Primary 1 past the end of the disk.
+        let mut b = m.clone();
+        set32(&mut b, entry(0) + 12, 200_000);
+        let t = table(&b);
+        assert!(t.layout_error.unwrap().contains("past the end"));
+        // What is returned is cut at the end of the disk.
+        assert!(
+            t.partitions
+                .iter()
+                .all(|p| p.start + p.size <= b.len() as u64)
+        );
+        // Primary 1 over the MBR.
+        let mut b = m.clone();
+        set32(&mut b, entry(0) + 8, 0);
+        assert!(table(&b).layout_error.is_some() || table(&b).kind == TableKind::None);
+        // The logical partition sticks out of its extended partition.
+        let mut b = m.clone();
+        let ebr = 22528 * 512;
+        set32(&mut b, ebr + 446 + 12, 60_000);
+        let e = table(&b).layout_error.unwrap();
+        assert!(
+            e.contains("outside its extended") || e.contains("past the end"),
+            "{e}"
+        );
+        // The logical partition over its own EBR.
+        let mut b = m.clone();
+        set32(&mut b, ebr + 446 + 8, 0);
+        let e = table(&b).layout_error.unwrap();
+        assert!(e.contains("extended boot record"), "{e}");
+    }
+
+    #[test]
+    fn random_corruption_never_panics() {
+        let Some(g) = sfdisk("label: gpt\nstart=2048, size=20480\nstart=22528, size=20480\n")
+        else {
+            return;
+        };
+        let Some(m) =
+            sfdisk("label: dos\nstart=2048, size=20480, type=5\nstart=4096, size=8192, type=83\n")
+        else {
+            return;
+        };
+        let mut x = 0x51u64;
+        for img in [g, m] {
+            let mut d = MemDisk(img);
+            for _ in 0..2000 {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                let i = if x % 3 == 0 {
+                    2048 * 512 + (x >> 8) as usize % 1024
+                } else {
+                    (x >> 8) as usize % 17408
+                };
+                let flip = (x >> 40) as u8 | 1;
+                d.0[i] ^= flip;
+                let _ = read_partitions(&d);
+                d.0[i] ^= flip;
+            }
+        }
     }
 }

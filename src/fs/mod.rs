@@ -7,6 +7,7 @@
 //! Not here: mounting (the guest module), partition tables (`disk`).
 
 pub mod btrfs;
+pub(crate) mod crc;
 pub mod ext4;
 pub mod fat;
 mod lvm;
@@ -157,14 +158,15 @@ pub(crate) fn probe(r: &Region) -> Option<(&'static str, Result<FsFree, FsError>
         Some(("ext", ext4::free_space(r)))
     } else if xfs::detect(r) {
         Some(("xfs", xfs::free_space(r)))
-    } else if swap::detect(r) {
-        Some(("swap", swap::free_space(r)))
     } else if fat::detect(r) {
         Some(("vfat", fat::free_space(r)))
     } else if ntfs::detect(r) {
         Some(("ntfs", ntfs::free_space(r)))
     } else if btrfs::detect(r) {
         Some(("btrfs", btrfs::free_space(r)))
+    } else if swap::present(r) {
+        // Swap last: it checks every other signature itself first.
+        Some(("swap", swap::free_space(r)))
     } else {
         None
     }
@@ -327,6 +329,22 @@ pub fn scan(source: &dyn BlockSource, allocated: &[Extent]) -> FsScan {
         out.partitions.push(rep);
     }
     out.free = extent::normalize(std::mem::take(&mut out.free));
+    if let Some(why) = &table.layout_error {
+        // Partitions that overlap (or cover the table) are not separate
+        // regions: one's free space can be another's data.
+        out.warnings.push(format!(
+            "partition table: {why}: filesystem-aware compaction is off for this disk, it is copied whole; check the table with `sfdisk --verify` or `gdisk`"
+        ));
+        out.free.clear();
+        for p in &mut out.partitions {
+            p.fs_aware = false;
+            p.skipped_bytes = 0;
+            for lv in &mut p.logical_volumes {
+                lv.fs_aware = false;
+                lv.skipped_bytes = 0;
+            }
+        }
+    }
     out
 }
 

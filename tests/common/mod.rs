@@ -147,9 +147,16 @@ pub fn allocated(path: &Path) -> u64 {
 pub struct Loop(pub String);
 impl Loop {
     pub fn new(img: &Path, off: u64, size: u64) -> Loop {
+        Self::attach(img, off, size, true)
+    }
+    /// A writable one (for repair tools working on a copy).
+    pub fn rw(img: &Path, off: u64, size: u64) -> Loop {
+        Self::attach(img, off, size, false)
+    }
+    fn attach(img: &Path, off: u64, size: u64, ro: bool) -> Loop {
         let o = ok(Command::new("losetup")
+            .args(ro.then_some("-r"))
             .args([
-                "-r",
                 "-f",
                 "--show",
                 "--offset",
