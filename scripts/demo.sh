@@ -34,12 +34,12 @@ $vm check --format qcow2 "$work/sample.qcow2"
 $vm info --format qcow2 "$work/sample.qcow2"
 qemu-img check "$work/sample.qcow2"
 # A stream on stdout is byte for byte the .zst file.
-$vm compact -q "$work/sample.raw" -o - | cmp - "$work/sample.zst"
+$vm compact -q --format raw "$work/sample.raw" -o - | cmp - "$work/sample.zst"
 echo "compact -o - | cmp: the stream equals $work/sample.zst"
 
 echo "== finalize"
 scripts/make-guest-image.sh vm-fixtures/debian-mini/tree.txt "$work/guest.raw"
-$vm finalize "$work/guest.raw" --dry-run
-$vm finalize --force "$work/guest.raw" -o "$work/golden.qcow2" --compression zstd
+$vm finalize --format raw "$work/guest.raw" --dry-run
+$vm finalize --format raw --force "$work/guest.raw" -o "$work/golden.qcow2" --compression zstd
 qemu-img check "$work/golden.qcow2"
 echo "demo outputs are in $work ($(du -sh "$work" | cut -f1) on disk); remove it with: rm -r $work"
