@@ -84,14 +84,11 @@ impl Command {
     /// as it does `cat`. Commands that write files keep SIGPIPE ignored so
     /// that their guards clean up.
     pub fn prints_only(&self) -> bool {
+        // info, check and analyze write through `report::print_stdout`,
+        // which turns a closed pipe into exit 141 without a signal.
         matches!(
             self,
-            Command::Check(_)
-                | Command::Info(_)
-                | Command::Analyze(_)
-                | Command::Profiles(_)
-                | Command::Completions(_)
-                | Command::Man(_)
+            Command::Profiles(_) | Command::Completions(_) | Command::Man(_)
         )
     }
 }

@@ -19,7 +19,7 @@ fn force_never_replaces_a_device_node_or_a_fifo() {
     use std::os::unix::fs::FileTypeExt;
     let d = tempfile::tempdir().unwrap();
     let input = mixed_raw(&d.path().join("in.raw"), 1 << 20, 31);
-    let fifo = d.path().join("fifo.qcow2");
+    let fifo = d.path().join("fifo.raw");
     ok(Command::new("mkfifo").arg(&fifo));
     let mut targets = vec![(fifo.clone(), "named pipe")];
     if is_root() {
@@ -45,7 +45,7 @@ fn force_never_replaces_a_device_node_or_a_fifo() {
             t.display()
         );
     }
-    let mut keep = vec!["in.raw", "fifo.qcow2"];
+    let mut keep = vec!["in.raw", "fifo.raw"];
     if is_root() {
         keep.push("null.raw");
     }
