@@ -404,9 +404,9 @@ fn virtual_sizes_beyond_what_the_output_can_hold_are_refused_before_anything_is_
         .arg(&big)
         .arg("1E"));
     let out = d.path().join("o.qcow2");
-    for (args, expect) in [
-        (vec!["compact", "-q"], "cluster-size"),
-        (vec!["compact", "-q", "-O", "zst"], "frame-size"),
+    for (args, name, expect) in [
+        (vec!["compact", "-q"], "o.qcow2", "cluster-size"),
+        (vec!["compact", "-q", "-O", "zst"], "o.zst", "frame-size"),
     ] {
         let mut c = Command::new("prlimit");
         c.arg("--as=2147483648")
@@ -414,7 +414,7 @@ fn virtual_sizes_beyond_what_the_output_can_hold_are_refused_before_anything_is_
             .args(&args)
             .arg(&big)
             .arg("-o")
-            .arg(&out);
+            .arg(d.path().join(name));
         let e = assert_clean_failure(&run(&mut c));
         assert!(e.contains(expect), "{e}");
         assert_only(d.path(), &["big.qcow2"]);
