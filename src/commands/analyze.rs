@@ -699,3 +699,71 @@ fn printable(s: &str) -> String {
         e
     }
 }
+
+/// `finalize --report FILE.html`: the guest before cleaning (read before
+/// the profiles run), then after it; written once the artifact exists.
+pub struct FinalizeReport {
+    path: PathBuf,
+    before: Inspection,
+    facts: DiskFacts,
+}
+
+impl FinalizeReport {
+    /// Inspects the raw workspace before cleaning.
+    pub fn before(
+        path: &Path,
+        workspace: &Path,
+        profiles: &[Profile],
+        state: &mut State,
+    ) -> anyhow::Result<Self> {
+        let facts = disk_facts(workspace, Some(ImageFormat::Raw))?;
+        let before = inspect_raw(workspace, profiles, state, "before", 3, 10)?;
+        Ok(Self {
+            path: path.to_owned(),
+            before,
+            facts,
+        })
+    }
+
+    /// Inspects the cleaned workspace (unless a dry run) and writes the page;
+    /// `artifact`: the output's name and bytes.
+    pub fn write(
+        self,
+        workspace: &Path,
+        profiles: &[Profile],
+        state: &mut State,
+        artifact: Option<(String, u64)>,
+    ) -> anyhow::Result<()> {
+        let after = match artifact {
+            Some(_) => Some(inspect_raw(workspace, profiles, state, "after", 3, 10)?),
+            None => None,
+        };
+        let (zl, zs) = self.facts.after(self.before.freed_bytes());
+        let mut estimates = vec![
+            ("allocated before".to_string(), self.facts.allocated_bytes),
+            ("qcow2 zlib before (est.)".to_string(), self.facts.est_zlib),
+            ("qcow2 zstd before (est.)".to_string(), self.facts.est_zstd),
+            ("qcow2 zlib after cleaning (est.)".to_string(), zl),
+            ("qcow2 zstd after cleaning (est.)".to_string(), zs),
+        ];
+        let mut snapshots = vec![inspect::html::Snapshot {
+            label: "before cleaning".into(),
+            insp: &self.before,
+        }];
+        if let Some((name, bytes)) = artifact {
+            estimates.push((format!("artifact {name} (actual)"), bytes));
+        }
+        if let Some(a) = &after {
+            snapshots.push(inspect::html::Snapshot {
+                label: "after cleaning".into(),
+                insp: a,
+            });
+        }
+        let page = inspect::html::render(&inspect::html::Page {
+            title: self.path.display().to_string(),
+            snapshots,
+            estimates,
+        });
+        write_file(&self.path, &page)
+    }
+}
