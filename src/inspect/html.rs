@@ -425,29 +425,7 @@ fn snapshot(s: &mut String, snap: &Snapshot) {
         }
     }
     s.push_str("</p>");
-    s.push_str(&treemap(i, 1100.0, 520.0));
-    let _ = write!(
-        s,
-        "<h3>Profiles (dry run): {} would be freed, {} still in use after</h3><table><tr><th>profile</th><th>paths</th><th>frees</th><th>notes</th></tr>",
-        human_bytes(freed),
-        human_bytes(total.saturating_sub(freed))
-    );
-    for pl in &i.profiles {
-        let note = if pl.applicable {
-            String::new()
-        } else {
-            pl.reason.clone().unwrap_or_default()
-        };
-        let _ = write!(
-            s,
-            "<tr><td>{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td>{}</td></tr>",
-            esc(&pl.name),
-            pl.paths().count(),
-            human_bytes(pl.freed_bytes),
-            esc(&note)
-        );
-    }
-    s.push_str("</table>");
+    s.push_str(&treemap(i, 1100.0, 460.0));
     for db in &i.packages {
         let _ = write!(
             s,
@@ -477,6 +455,28 @@ fn snapshot(s: &mut String, snap: &Snapshot) {
             .collect();
         s.push_str(&bars(&rows, 1100.0));
     }
+    let _ = write!(
+        s,
+        "<h3>Profiles (dry run): {} would be freed, {} still in use after</h3><table><tr><th>profile</th><th>paths</th><th>frees</th><th>notes</th></tr>",
+        human_bytes(freed),
+        human_bytes(total.saturating_sub(freed))
+    );
+    for pl in &i.profiles {
+        let note = if pl.applicable {
+            String::new()
+        } else {
+            pl.reason.clone().unwrap_or_default()
+        };
+        let _ = write!(
+            s,
+            "<tr><td>{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td>{}</td></tr>",
+            esc(&pl.name),
+            pl.paths().count(),
+            human_bytes(pl.freed_bytes),
+            esc(&note)
+        );
+    }
+    s.push_str("</table>");
     s.push_str(
         "<h3>Largest files</h3><table><tr><th>allocated</th><th>path</th><th>removed by</th></tr>",
     );
