@@ -628,6 +628,10 @@ pub fn estimate_json(facts: &DiskFacts, freed: u64) -> serde_json::Value {
 
 pub fn run(args: &AnalyzeArgs) -> anyhow::Result<super::ExitCode> {
     let want_guest = args.guest || args.html.is_some();
+    if let Some(p) = &args.html {
+        // Before any work: the page may replace a regular file only.
+        crate::output::check_target(p, true)?;
+    }
     let mut state = if want_guest {
         Some(session::prepare_privileged("analyze --guest")?)
     } else {
