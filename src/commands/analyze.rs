@@ -40,8 +40,8 @@ pub struct AnalyzeArgs {
     #[arg(long, default_value_t = 3, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=64))]
     pub depth: u16,
     /// Entries per list (with --guest)
-    #[arg(long, default_value_t = 10, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=10000))]
-    pub top: u16,
+    #[arg(long, default_value_t = 10, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub top: u32,
     /// Write a self-contained HTML report (treemap, packages, estimates) to FILE; implies --guest
     #[arg(long, value_name = "FILE")]
     pub html: Option<PathBuf>,

@@ -52,8 +52,21 @@ const PALETTE: [&str; 12] = [
 ];
 const KEPT: [&str; 4] = ["#b0bec5", "#c5d0d6", "#d5dde1", "#e1e7ea"];
 
-fn color(i: usize) -> &'static str {
-    PALETTE[i % PALETTE.len()]
+/// A colour per profile: the palette in order over the profiles that free
+/// something (so that no two of those share one while there are colours).
+fn colors(insp: &Inspection) -> Vec<&'static str> {
+    let mut k = 0;
+    insp.profiles
+        .iter()
+        .map(|p| {
+            if p.freed_bytes > 0 {
+                k += 1;
+                PALETTE[(k - 1) % PALETTE.len()]
+            } else {
+                KEPT[0]
+            }
+        })
+        .collect()
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -154,6 +167,7 @@ fn base_name(path: &[u8]) -> String {
 
 struct Tm<'a> {
     names: Vec<&'a str>,
+    colors: Vec<&'static str>,
     svg: String,
 }
 
@@ -177,7 +191,7 @@ impl Tm<'_> {
         let mut parts: Vec<(f64, &str)> = vec![((alloc - removed) as f64, KEPT[depth.min(3)])];
         for (i, b) in rem.iter().enumerate() {
             if *b > 0 {
-                parts.push((*b as f64, color(i)));
+                parts.push((*b as f64, self.colors.get(i).copied().unwrap_or(KEPT[0])));
             }
         }
         let total: f64 = parts.iter().map(|p| p.0).sum();
@@ -298,6 +312,7 @@ impl Tm<'_> {
 fn treemap(insp: &Inspection, w: f64, h: f64) -> String {
     let mut tm = Tm {
         names: insp.profiles.iter().map(|p| p.name.as_str()).collect(),
+        colors: colors(insp),
         svg: String::new(),
     };
     tm.node(
@@ -413,12 +428,13 @@ fn snapshot(s: &mut String, snap: &Snapshot) {
         "<h3>Directories (depth {}), coloured by the profile that would remove them</h3><p><span class=\"li\"><span class=\"sw\" style=\"background:{}\"></span>stays</span>",
         i.depth, KEPT[0]
     );
+    let cs = colors(i);
     for (k, pl) in i.profiles.iter().enumerate() {
         if pl.freed_bytes > 0 {
             let _ = write!(
                 s,
                 "<span class=\"li\"><span class=\"sw\" style=\"background:{}\"></span>{} ({})</span>",
-                color(k),
+                cs[k],
                 esc(&pl.name),
                 human_bytes(pl.freed_bytes)
             );
