@@ -5,7 +5,7 @@
 //! (statvfs), and the HTML page in headless Chromium (no console message,
 //! no request: a CSP forbids every load and Chromium runs in an empty
 //! network namespace). Images: scripts/make-guest-image.sh from
-//! vm-fixtures/{debian-report,rpm-sqlite,rpm,alpine}.
+//! vm-fixtures/{debian-report,rpm-sqlite,rpm,rpm-bdb,alpine}.
 
 mod common;
 
@@ -361,6 +361,21 @@ fn rpm_and_alpine_package_lists_come_from_their_databases() {
     assert_eq!(dbs[0]["readable"], false);
     assert!(
         dbs[0]["reason"].as_str().unwrap_or("").contains("SQLite"),
+        "{}",
+        dbs[0]
+    );
+
+    // A BerkeleyDB rpm database (rpm before 4.16): not read, and said so.
+    let v = analyze_json(&image("rpm-bdb"), &[]);
+    let dbs = v["guest"]["packages"].as_array().expect("packages");
+    assert_eq!(dbs.len(), 1, "{dbs:?}");
+    assert_eq!(dbs[0]["database"], "/var/lib/rpm/Packages");
+    assert_eq!(dbs[0]["readable"], false);
+    assert!(
+        dbs[0]["reason"]
+            .as_str()
+            .unwrap_or("")
+            .contains("BerkeleyDB"),
         "{}",
         dbs[0]
     );
