@@ -506,3 +506,56 @@ fn html_report_renders_in_chromium_without_console_messages_or_requests() {
         "the blocked load was not reported: {console:?}"
     );
 }
+
+#[test]
+fn interrupted_analyze_guest_leaves_no_mount_loop_or_file() {
+    if !root_ok() {
+        return;
+    }
+    let img = image("debian-report");
+    let d = tempfile::tempdir().expect("tempdir");
+    let page = d.path().join("r.html");
+    let mut child = vmfinal()
+        .args(["analyze", "--guest", "--html"])
+        .arg(&page)
+        .arg(&img)
+        .env("VMFINAL_TEST_PAUSE", "mount")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let mut err = child.stderr.take().expect("stderr");
+    let mut seen = String::new();
+    let mut buf = [0u8; 256];
+    while !seen.contains("paused at mount") {
+        use std::io::Read;
+        let n = err.read(&mut buf).expect("read stderr");
+        assert!(n > 0, "analyze ended before the pause: {seen}");
+        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    // The guest is mounted now (in analyze's private namespace).
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let status = child.wait().expect("wait");
+    let mut rest = String::new();
+    use std::io::Read;
+    let _ = err.read_to_string(&mut rest);
+    assert_eq!(status.code(), Some(130), "{seen}{rest}");
+    assert!(rest.contains("interrupted"), "{rest}");
+    assert!(!page.exists(), "a page was written");
+    let pid = child.id();
+    let loops =
+        String::from_utf8_lossy(&run(Command::new("losetup").arg("-a")).stdout).into_owned();
+    assert!(!loops.contains(&format!("vmfinal:{pid}")), "{loops}");
+    for e in std::fs::read_dir("/run/vmfinal")
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let n = e.file_name().to_string_lossy().into_owned();
+        assert!(
+            !n.starts_with(&format!("{pid}.")),
+            "left in /run/vmfinal: {n}"
+        );
+    }
+}

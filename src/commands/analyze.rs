@@ -69,6 +69,7 @@ fn nonzero_bytes(src: &dyn BlockSource, ranges: &[Extent]) -> anyhow::Result<u64
     for r in ranges {
         let mut off = r.start;
         while off < r.end() {
+            crate::interrupt::checkpoint("analyze")?;
             let len = ((r.end() - off) as usize).min(buf.len());
             src.read_at(&mut buf[..len], off)?;
             n += buf[..len]
@@ -98,6 +99,7 @@ fn sample_ratio(src: &dyn BlockSource, ranges: &[Extent]) -> anyhow::Result<(u64
     let mut base = 0u64;
     for r in ranges {
         while next < base + r.len {
+            crate::interrupt::checkpoint("analyze")?;
             let off = r.start + (next - base);
             let len = SAMPLE_UNIT.min(r.end() - off) as usize;
             src.read_at(&mut buf[..len], off)?;

@@ -181,6 +181,9 @@ impl Walker<'_> {
             self.unreadable += 1;
             return self.finish(n);
         }
+        if crate::interrupt::requested() {
+            return self.finish(n); // inspect() then fails as interrupted
+        }
         let Ok(names) = root::list_dir(fd.as_raw_fd()) else {
             self.unreadable += 1;
             return self.finish(n);
@@ -282,6 +285,9 @@ fn duplicates(root: &GuestRoot, by_size: BySize, top: usize) -> Duplicates {
     for (size, files) in sizes {
         let mut by_hash: BTreeMap<[u8; 32], Vec<(Vec<u8>, u64)>> = BTreeMap::new();
         for (path, alloc, id) in files {
+            if crate::interrupt::requested() {
+                break;
+            }
             hashed += size;
             if let Some(h) = hash_file(root, &path, id) {
                 by_hash.entry(h).or_default().push((path, alloc));
@@ -364,6 +370,9 @@ pub fn inspect(
     let fd = root.open_dir_strict(b"/")?;
     let st = root::lstat_at(fd.as_raw_fd(), b"")?;
     let tree = w.walk(&fd, b"/".to_vec(), &st, 0);
+    if crate::interrupt::requested() {
+        return Err(crate::pipeline::PipelineError::Interrupted.into());
+    }
     w.trim_files();
     let top_files = w
         .files
@@ -378,6 +387,9 @@ pub fn inspect(
     let (nfiles, unreadable) = (w.nfiles, w.unreadable);
     let by_size = std::mem::take(&mut w.by_size);
     let dups = duplicates(root, by_size, top);
+    if crate::interrupt::requested() {
+        return Err(crate::pipeline::PipelineError::Interrupted.into());
+    }
     Ok(Inspection {
         mounts,
         warnings,
