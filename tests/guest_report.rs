@@ -34,10 +34,22 @@ fn repo() -> PathBuf {
 
 /// Builds the image of a recipe once per test binary; tests only read it
 /// (or copy it).
+static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
+
+/// Statics are never dropped: the shared images go when the process exits.
+extern "C" fn remove_images() {
+    if let Some(d) = DIR.get() {
+        let _ = std::fs::remove_dir_all(d.path());
+    }
+}
+
 fn image(recipe: &'static str) -> PathBuf {
     static IMAGES: OnceLock<std::sync::Mutex<Vec<(&'static str, PathBuf)>>> = OnceLock::new();
-    static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
-    let dir = DIR.get_or_init(|| tempfile::tempdir().expect("tempdir"));
+    let dir = DIR.get_or_init(|| {
+        // SAFETY: registers a plain function without captured state.
+        unsafe { libc::atexit(remove_images) };
+        tempfile::tempdir().expect("tempdir")
+    });
     let m = IMAGES.get_or_init(Default::default);
     let mut v = m.lock().unwrap_or_else(|e| e.into_inner());
     if let Some((_, p)) = v.iter().find(|(r, _)| *r == recipe) {
