@@ -442,3 +442,22 @@ fn the_byte_bar_shows_on_a_terminal_only() {
     assert!(!err.contains('\u{1b}') && !err.contains("[="), "{err}");
     assert_eq!(err.lines().count(), 1, "{err}");
 }
+
+#[test]
+fn guest_only_analyze_options_need_guest() {
+    let d = tempfile::tempdir().unwrap();
+    let img = input(d.path());
+    for extra in [
+        &["--depth", "2"][..],
+        &["--top", "5"],
+        &["--profiles", "all"],
+        &["--set", "kernels.keep=2"],
+    ] {
+        let e = assert_clean_failure(&run(vmfinal()
+            .args(["analyze", "--format", "raw"])
+            .args(extra)
+            .arg(&img)));
+        assert!(e.contains(extra[0]) && e.contains("--guest"), "{e}");
+    }
+    ok(vmfinal().args(["analyze", "--format", "raw"]).arg(&img));
+}

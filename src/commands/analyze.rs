@@ -36,18 +36,18 @@ pub struct AnalyzeArgs {
     /// duplicates. The guest is mounted read-only, as `finalize --dry-run` does
     #[arg(long)]
     pub guest: bool,
-    /// Directory levels below / reported and drawn (with --guest)
-    #[arg(long, default_value_t = 3, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=64))]
-    pub depth: u16,
-    /// Entries per list (with --guest)
-    #[arg(long, default_value_t = 10, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
-    pub top: u32,
+    /// Directory levels below / reported and drawn (with --guest) [default: 3]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub depth: Option<u16>,
+    /// Entries per list (with --guest) [default: 10]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub top: Option<u32>,
     /// Write a self-contained HTML report (treemap, packages, estimates) to FILE; implies --guest
     #[arg(long, value_name = "FILE")]
     pub html: Option<PathBuf>,
-    /// Profiles whose dry-run plans are reported: defaults, all, none, NAME, +NAME, -NAME
-    #[arg(long, default_value = "defaults", value_name = "LIST")]
-    pub profiles: String,
+    /// Profiles whose dry-run plans are reported (with --guest): defaults, all, none, NAME, +NAME, -NAME [default: defaults]
+    #[arg(long, value_name = "LIST")]
+    pub profiles: Option<String>,
     /// Also plan this profile file (repeatable)
     #[arg(long = "profile-file", value_name = "FILE")]
     pub profile_files: Vec<PathBuf>,
@@ -339,9 +339,36 @@ pub fn disk_facts(image: &Path, format: Option<ImageFormat>) -> anyhow::Result<D
 }
 
 impl AnalyzeArgs {
+    fn depth_or_default(&self) -> usize {
+        self.depth.map_or(3, usize::from)
+    }
+
+    fn top_or_default(&self) -> usize {
+        self.top.map_or(10, |t| t as usize)
+    }
+
+    /// The options that only mean something inside the guest, as given.
+    fn guest_only_options(&self) -> Vec<&'static str> {
+        let mut v = Vec::new();
+        for (given, name) in [
+            (self.depth.is_some(), "--depth"),
+            (self.top.is_some(), "--top"),
+            (self.profiles.is_some(), "--profiles"),
+            (!self.profile_files.is_empty(), "--profile-file"),
+            (!self.profile_dirs.is_empty(), "--profile-dir"),
+            (!self.sets.is_empty(), "--set"),
+            (self.tmp.is_some(), "--tmp"),
+        ] {
+            if given {
+                v.push(name);
+            }
+        }
+        v
+    }
+
     fn guest_args(&self) -> GuestArgs {
         GuestArgs {
-            profiles: self.profiles.clone(),
+            profiles: self.profiles.clone().unwrap_or_else(|| "defaults".into()),
             profile_files: self.profile_files.clone(),
             profile_dirs: self.profile_dirs.clone(),
             sets: self.sets.clone(),
@@ -393,7 +420,7 @@ fn inspect_image(
     state: &mut State,
 ) -> anyhow::Result<Inspection> {
     let fmt = image::open(&args.image, args.format)?.format();
-    let (depth, top) = (args.depth as usize, args.top as usize);
+    let (depth, top) = (args.depth_or_default(), args.top_or_default());
     if fmt == ImageFormat::Raw {
         return inspect_raw(&args.image, profiles, state, "inspect", depth, top);
     }
@@ -630,6 +657,13 @@ pub fn estimate_json(facts: &DiskFacts, freed: u64) -> serde_json::Value {
 
 pub fn run(args: &AnalyzeArgs) -> anyhow::Result<super::ExitCode> {
     let want_guest = args.guest || args.html.is_some();
+    let stray = args.guest_only_options();
+    if !want_guest && !stray.is_empty() {
+        anyhow::bail!(
+            "{} only apply to the look inside the guest: add --guest (or --html FILE)",
+            stray.join(", ")
+        );
+    }
     if let Some(p) = &args.html {
         // Before any work: the page may replace a regular file only.
         crate::output::check_target(p, true)?;
@@ -670,7 +704,7 @@ pub fn run(args: &AnalyzeArgs) -> anyhow::Result<super::ExitCode> {
     if args.json {
         let mut v = facts.json.clone();
         if let (Some(i), Some(o)) = (&insp, v.as_object_mut()) {
-            o.insert("guest".into(), i.to_json(args.top as usize));
+            o.insert("guest".into(), i.to_json(args.top_or_default()));
             o.insert(
                 "estimate_after_cleaning".into(),
                 estimate_json(&facts, i.freed_bytes()),
@@ -681,7 +715,7 @@ pub fn run(args: &AnalyzeArgs) -> anyhow::Result<super::ExitCode> {
     }
     let mut text = facts.text.clone();
     if let Some(i) = &insp {
-        text.push_str(&guest_text(i, &facts, args.top as usize)?);
+        text.push_str(&guest_text(i, &facts, args.top_or_default())?);
     }
     crate::report::print_stdout(text.trim_end())?;
     Ok(0)
