@@ -120,6 +120,7 @@ impl LoopDevice {
                         }
                         return Err(e);
                     }
+                    // SAFETY: `info` is a live LoopInfo64 the kernel only reads; `dev` is an open loop device.
                     if unsafe {
                         libc::ioctl(
                             dev.as_raw_fd(),
@@ -129,6 +130,7 @@ impl LoopDevice {
                     } != 0
                     {
                         let e = io::Error::last_os_error();
+                        // SAFETY: plain ioctl on our own loop device with an integer argument.
                         unsafe { libc::ioctl(dev.as_raw_fd(), LOOP_CLR_FD, 0) };
                         return Err(e);
                     }

@@ -88,6 +88,7 @@ pub fn lstat_at(dirfd: RawFd, name: &[u8]) -> io::Result<Stat> {
     } else {
         libc::AT_SYMLINK_NOFOLLOW
     };
+    // SAFETY: `p` is a NUL-terminated string and `st` a live stat buffer for the call.
     let r = unsafe { libc::fstatat(dirfd, p.as_ptr(), &mut st, flags) };
     if r != 0 {
         return Err(io::Error::last_os_error());
@@ -98,6 +99,7 @@ pub fn lstat_at(dirfd: RawFd, name: &[u8]) -> io::Result<Stat> {
 /// Names in a directory (no `.`/`..`), sorted.
 pub fn list_dir(dirfd: RawFd) -> io::Result<Vec<OsString>> {
     // Duplicate: fdopendir takes ownership of its descriptor.
+    // SAFETY: fcntl with an integer command on a caller-owned descriptor; no pointers.
     let dup = unsafe { libc::fcntl(dirfd, libc::F_DUPFD_CLOEXEC, 0) };
     if dup < 0 {
         return Err(io::Error::last_os_error());
@@ -106,9 +108,11 @@ pub fn list_dir(dirfd: RawFd) -> io::Result<Vec<OsString>> {
     let dir = unsafe { libc::fdopendir(dup) };
     if dir.is_null() {
         let e = io::Error::last_os_error();
+        // SAFETY: `dup` is ours and not yet owned by a DIR*.
         unsafe { libc::close(dup) };
         return Err(e);
     }
+    // SAFETY: `dir` is the valid DIR* fdopendir returned.
     unsafe { libc::rewinddir(dir) };
     let mut out = Vec::new();
     loop {
@@ -117,11 +121,13 @@ pub fn list_dir(dirfd: RawFd) -> io::Result<Vec<OsString>> {
         if ent.is_null() {
             break;
         }
+        // SAFETY: readdir64 returned a non-null entry whose d_name is NUL-terminated; it is copied before the next call.
         let name = unsafe { std::ffi::CStr::from_ptr((*ent).d_name.as_ptr()) }.to_bytes();
         if name != b"." && name != b".." {
             out.push(OsString::from_vec(name.to_vec()));
         }
     }
+    // SAFETY: `dir` is valid and closed once; it owns `dup`.
     unsafe { libc::closedir(dir) };
     out.sort();
     Ok(out)
@@ -304,6 +310,7 @@ impl GuestRoot {
             Ok(f) => f,
             Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
                 let t = cstr(&tmp)?;
+                // SAFETY: `t` is NUL-terminated and `d` an open directory descriptor.
                 unsafe { libc::unlinkat(d.as_raw_fd(), t.as_ptr(), 0) };
                 openat2(
                     d.as_raw_fd(),
@@ -326,6 +333,7 @@ impl GuestRoot {
         // SAFETY: same directory descriptor for both names.
         if unsafe { libc::renameat(d.as_raw_fd(), t.as_ptr(), d.as_raw_fd(), n.as_ptr()) } != 0 {
             let e = io::Error::last_os_error();
+            // SAFETY: `t` is NUL-terminated and `d` an open directory descriptor.
             unsafe { libc::unlinkat(d.as_raw_fd(), t.as_ptr(), 0) };
             return Err(e);
         }
@@ -344,6 +352,7 @@ impl GuestRoot {
                     "exists and is not a symlink",
                 ));
             }
+            // SAFETY: `n` is NUL-terminated and `d` an open directory descriptor.
             unsafe { libc::unlinkat(d.as_raw_fd(), n.as_ptr(), 0) };
         }
         // SAFETY: valid strings and descriptor.

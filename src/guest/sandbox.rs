@@ -244,8 +244,8 @@ fn cloexec_from_3() -> io::Result<()> {
 /// not dumpable (its /proc entries are closed to guest code), seccomp.
 fn harden() -> io::Result<()> {
     cloexec_from_3()?;
-    // SAFETY: plain prctl with integer arguments.
     check(
+        // SAFETY: plain prctl with integer arguments.
         unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) },
         "PR_SET_DUMPABLE",
     )?;
@@ -278,6 +278,7 @@ pub fn init(a: &SandboxArgs) -> anyhow::Result<i32> {
     fs::prepare(&root, &devs)?;
     // SAFETY: plain syscalls on our descriptor and a static string.
     check(unsafe { libc::fchdir(root.as_raw_fd()) }, "fchdir")?;
+    // SAFETY: a static NUL-terminated string.
     check(unsafe { libc::chroot(c".".as_ptr()) }, "chroot")?;
     drop(root);
     std::env::set_current_dir(Path::new("/"))?;
