@@ -50,7 +50,7 @@ pub struct PartitionTable {
     /// Why the partitions cannot be trusted to describe separate regions
     /// (overlap, past the end, over the table): nothing may be skipped.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub layout_error: Option<String>,
+    pub layout_error: Option<LayoutError>,
 }
 
 /// A byte range the partition table itself occupies.
@@ -61,6 +61,50 @@ pub(super) struct Reserved {
     pub what: &'static str,
 }
 
+/// Why a partition table's layout cannot be trusted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LayoutError {
+    #[error("partition {0} has an impossible size")]
+    ImpossibleSize(u32),
+    #[error("partition {0} has an impossible range (LBA {1}..{2})")]
+    ImpossibleRange(u32, u64, u64),
+    #[error("partition {index} ends at byte {end}, past the end of the {size}-byte disk")]
+    PastDiskEnd { index: u32, end: u64, size: u64 },
+    #[error(
+        "partition {index} ({start}..{end}) lies outside the area the partition table allows ({lo}..{hi})"
+    )]
+    OutsideTableArea {
+        index: u32,
+        start: u64,
+        end: u64,
+        lo: u64,
+        hi: u64,
+    },
+    #[error("partition {0} lies over {1}")]
+    OverTable(u32, &'static str),
+    #[error("partitions {0} and {1} overlap")]
+    Overlap(u32, u32),
+    #[error("logical partition {0} lies outside its extended partition {1}")]
+    OutsideExtended(u32, u32),
+    #[error("logical partition {0} lies past the end of the disk")]
+    LogicalPastEnd(u32),
+    #[error("extended boot record at {0} is unreadable")]
+    EbrUnreadable(u64),
+    #[error("extended boot record at {0} has no signature")]
+    EbrNoSignature(u64),
+    #[error("extended boot records loop")]
+    EbrLoop,
+    #[error("more than {MAX_LOGICAL} logical partitions: the rest are ignored")]
+    TooManyLogical,
+}
+
+/// In JSON a layout error is its message.
+impl serde::Serialize for LayoutError {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
 /// Checks that the partitions lie inside `[lo, hi)`, inside the disk, apart
 /// from each other and apart from the table's own structures.
 pub(super) fn check_layout(
@@ -69,38 +113,39 @@ pub(super) fn check_layout(
     lo: u64,
     hi: u64,
     reserved: &[Reserved],
-) -> Option<String> {
+) -> Option<LayoutError> {
     for p in parts {
         let Some(end) = p.start.checked_add(p.size) else {
-            return Some(format!("partition {} has an impossible size", p.index));
+            return Some(LayoutError::ImpossibleSize(p.index));
         };
         if end > size {
-            return Some(format!(
-                "partition {} ends at byte {end}, past the end of the {size}-byte disk",
-                p.index
-            ));
+            return Some(LayoutError::PastDiskEnd {
+                index: p.index,
+                end,
+                size,
+            });
         }
         if p.start < lo || end > hi {
-            return Some(format!(
-                "partition {} ({}..{}) lies outside the area the partition table allows ({lo}..{hi})",
-                p.index, p.start, end
-            ));
+            return Some(LayoutError::OutsideTableArea {
+                index: p.index,
+                start: p.start,
+                end,
+                lo,
+                hi,
+            });
         }
         if let Some(r) = reserved
             .iter()
             .find(|r| r.start < end && p.start < r.start + r.len)
         {
-            return Some(format!("partition {} lies over {}", p.index, r.what));
+            return Some(LayoutError::OverTable(p.index, r.what));
         }
     }
     let mut v: Vec<&Partition> = parts.iter().collect();
     v.sort_by_key(|p| (p.start, p.index));
     for w in v.windows(2) {
         if w[1].start < w[0].start + w[0].size {
-            return Some(format!(
-                "partitions {} and {} overlap",
-                w[0].index, w[1].index
-            ));
+            return Some(LayoutError::Overlap(w[0].index, w[1].index));
         }
     }
     None
@@ -231,11 +276,7 @@ fn read_table(src: &dyn BlockSource) -> PartitionTable {
                     .iter()
                     .find(|p| p.start < start || p.start + p.size > start + len)
             {
-                t.layout_error = Some(format!(
-                    "logical partition {} lies outside its extended partition {}",
-                    p.index,
-                    i + 1
-                ));
+                t.layout_error = Some(LayoutError::OutsideExtended(p.index, i as u32 + 1));
             }
         } else {
             t.partitions.push(Partition {
@@ -280,17 +321,17 @@ fn read_logical(src: &dyn BlockSource, ext: u64, t: &mut PartitionTable) -> Vec<
     let size = src.virtual_size();
     let mut ebr = ext;
     let mut ebrs = Vec::new();
-    let fail = |t: &mut PartitionTable, msg: String| {
-        t.warnings.push(msg.clone());
+    let fail = |t: &mut PartitionTable, msg: LayoutError| {
+        t.warnings.push(msg.to_string());
         t.layout_error.get_or_insert(msg);
     };
     for n in 0..MAX_LOGICAL {
         let Some(b) = read(src, ebr, SECTOR as usize) else {
-            fail(t, format!("extended boot record at {ebr} is unreadable"));
+            fail(t, LayoutError::EbrUnreadable(ebr));
             return ebrs;
         };
         if b[510..512] != MBR_SIGNATURE {
-            fail(t, format!("extended boot record at {ebr} has no signature"));
+            fail(t, LayoutError::EbrNoSignature(ebr));
             return ebrs;
         }
         ebrs.push(ebr);
@@ -310,10 +351,7 @@ fn read_logical(src: &dyn BlockSource, ext: u64, t: &mut PartitionTable) -> Vec<
                     part_uuid: String::new(),
                 });
             } else {
-                fail(
-                    t,
-                    format!("logical partition {} lies past the end of the disk", 5 + n),
-                );
+                fail(t, LayoutError::LogicalPastEnd(5 + n as u32));
             }
         }
         let next = le32(e1, 8) as u64 * SECTOR;
@@ -321,15 +359,12 @@ fn read_logical(src: &dyn BlockSource, ext: u64, t: &mut PartitionTable) -> Vec<
             return ebrs;
         }
         let Some(n_ebr) = ext.checked_add(next).filter(|&x| x > ebr) else {
-            fail(t, "extended boot records loop".into());
+            fail(t, LayoutError::EbrLoop);
             return ebrs;
         };
         ebr = n_ebr;
     }
-    fail(
-        t,
-        format!("more than {MAX_LOGICAL} logical partitions: the rest are ignored"),
-    );
+    fail(t, LayoutError::TooManyLogical);
     ebrs
 }
 
@@ -433,18 +468,22 @@ mod tests {
             return;
         };
         let last = g.len() as u64 / SECTOR - 1;
+        type Is = fn(&LayoutError) -> bool;
+        let overlap: Is = |e| matches!(e, LayoutError::Overlap(..));
+        let outside: Is = |e| matches!(e, LayoutError::OutsideTableArea { .. });
+        let past: Is = |e| matches!(e, LayoutError::PastDiskEnd { .. });
         for (what, first, end, want) in [
-            ("overlap", 10_000, 30_000, "overlap"),
-            ("entry array", 2, 30_000, "outside the area"),
-            ("past the end", 22_528, last + 100, "past the end"),
-            ("backup", 22_528, last, "outside the area"),
+            ("overlap", 10_000, 30_000, overlap),
+            ("entry array", 2, 30_000, outside),
+            ("past the end", 22_528, last + 100, past),
+            ("backup", 22_528, last, outside),
         ] {
             let mut b = g.clone();
             gpt_set(&mut b, 1, first, end);
             let t = table(&b);
             assert_eq!(t.kind, TableKind::Gpt, "{what}");
             let e = t.layout_error.unwrap_or_else(|| panic!("{what}: accepted"));
-            assert!(e.contains(want), "{what}: {e}");
+            assert!(want(&e), "{what}: {e}");
         }
         // A header whose usable area covers its own entry array.
         let mut b = g.clone();
@@ -457,7 +496,7 @@ mod tests {
             set32(&mut b, h + 16, c);
         }
         let e = table(&b).layout_error.expect("partition over the entries");
-        assert!(e.contains("GPT"), "{e}");
+        assert_eq!(e, LayoutError::OverTable(1, "a GPT entry array"), "{e}");
     }
 
     #[test]
@@ -471,12 +510,18 @@ mod tests {
         // Primary 1 grows over the extended partition.
         let mut b = m.clone();
         set32(&mut b, entry(0) + 12, 30_000);
-        assert!(table(&b).layout_error.unwrap().contains("overlap"));
+        assert!(matches!(
+            table(&b).layout_error,
+            Some(LayoutError::Overlap(..))
+        ));
         // Primary 1 past the end of the disk.
         let mut b = m.clone();
         set32(&mut b, entry(0) + 12, 200_000);
         let t = table(&b);
-        assert!(t.layout_error.unwrap().contains("past the end"));
+        assert!(matches!(
+            t.layout_error,
+            Some(LayoutError::PastDiskEnd { .. })
+        ));
         // What is returned is cut at the end of the disk.
         assert!(
             t.partitions
@@ -493,14 +538,20 @@ mod tests {
         set32(&mut b, ebr + 446 + 12, 60_000);
         let e = table(&b).layout_error.unwrap();
         assert!(
-            e.contains("outside its extended") || e.contains("past the end"),
+            matches!(
+                e,
+                LayoutError::OutsideExtended(..) | LayoutError::LogicalPastEnd(_)
+            ),
             "{e}"
         );
         // The logical partition over its own EBR.
         let mut b = m.clone();
         set32(&mut b, ebr + 446 + 8, 0);
         let e = table(&b).layout_error.unwrap();
-        assert!(e.contains("extended boot record"), "{e}");
+        assert!(
+            matches!(e, LayoutError::OverTable(_, "an extended boot record")),
+            "{e}"
+        );
     }
 
     #[test]

@@ -299,7 +299,7 @@ fn globs(
     let mut out = Vec::new();
     for t in texts {
         for e in schema::expand_vars(&t.0, vars)? {
-            out.extend(glob::compile(&e)?);
+            out.extend(glob::compile(&e).map_err(|e| e.to_string())?);
         }
     }
     Ok(out)
