@@ -102,20 +102,10 @@ fn stdio_name(p: &Path, stream: &str) -> String {
     }
 }
 
-/// `1536` -> `1.5 KiB`.
+/// `1536` -> `1.50 KiB`: indicatif's binary units, the same text the
+/// progress bars show.
 pub fn human_bytes(n: u64) -> String {
-    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
-    let mut v = n as f64;
-    let mut i = 0;
-    while v >= 1024.0 && i < UNITS.len() - 1 {
-        v /= 1024.0;
-        i += 1;
-    }
-    if i == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", UNITS[i])
-    }
+    indicatif::HumanBytes(n).to_string()
 }
 
 /// Quotes text that came from an image or a guest so that printing it
@@ -196,7 +186,7 @@ mod tests {
     #[test]
     fn human() {
         assert_eq!(human_bytes(512), "512 B");
-        assert_eq!(human_bytes(1536), "1.5 KiB");
-        assert_eq!(human_bytes(3 << 30), "3.0 GiB");
+        assert_eq!(human_bytes(1536), "1.50 KiB");
+        assert_eq!(human_bytes(3 << 30), "3.00 GiB");
     }
 }

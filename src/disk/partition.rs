@@ -162,7 +162,7 @@ pub(super) fn read(src: &dyn BlockSource, off: u64, len: usize) -> Option<Vec<u8
 
 /// CRC-32 (IEEE, reflected), as GPT uses.
 pub fn crc32(data: &[u8]) -> u32 {
-    crate::bytes::crc32_reflected(0xEDB8_8320, data)
+    crate::fs::crc::crc32_ieee(data)
 }
 
 /// Mixed-endian GUID text, as tools print it.

@@ -1,44 +1,15 @@
-//! Table-driven checksums the filesystem probes verify: CRC-32C
-//! (Castagnoli; ext4 metadata_csum and xfs v5) and the CRC-16 that ext4's
-//! gdt_csum uses. Pure functions over byte slices.
+//! The checksums the on-disk probes verify, behind one small API:
+//! CRC-32C (Castagnoli; ext4 metadata_csum, xfs v5, btrfs, jbd2) via the
+//! `crc32c` crate (SSE4.2 / ARMv8 CRC instructions where the CPU has them),
+//! CRC-32 (IEEE; GPT, LVM2) via `crc32fast`, and the CRC-16 that ext4's
+//! gdt_csum uses.
 //!
-//! Not here: GPT's CRC-32 (IEEE), which `disk::partition` computes with the
-//! bitwise `bytes::crc32_reflected`.
+//! The CRC-16 stays hand-written (one 256-entry table): it checks one
+//! 64-byte group descriptor at a time on old ext4 filesystems only, and no
+//! crate the project already depends on provides it.
 
-/// Reflected CRC-32C polynomial.
-const CRC32C_POLY: u32 = 0x82F6_3B78;
 /// Reflected CRC-16 (ANSI, 0x8005) polynomial.
 const CRC16_POLY: u16 = 0xA001;
-
-const fn crc32c_tables() -> [[u32; 256]; 8] {
-    let mut t = [[0u32; 256]; 8];
-    let mut i = 0;
-    while i < 256 {
-        let mut c = i as u32;
-        let mut k = 0;
-        while k < 8 {
-            c = if c & 1 != 0 {
-                (c >> 1) ^ CRC32C_POLY
-            } else {
-                c >> 1
-            };
-            k += 1;
-        }
-        t[0][i] = c;
-        i += 1;
-    }
-    let mut s = 1;
-    while s < 8 {
-        let mut i = 0;
-        while i < 256 {
-            let prev = t[s - 1][i];
-            t[s][i] = (prev >> 8) ^ t[0][(prev & 0xFF) as usize];
-            i += 1;
-        }
-        s += 1;
-    }
-    t
-}
 
 const fn crc16_table() -> [u16; 256] {
     let mut t = [0u16; 256];
@@ -60,35 +31,33 @@ const fn crc16_table() -> [u16; 256] {
     t
 }
 
-static CRC32C: [[u32; 256]; 8] = crc32c_tables();
 static CRC16: [u16; 256] = crc16_table();
 
 /// Continues a raw CRC-32C over `data`: no inversion on entry or exit, as
 /// the kernel's `crc32c()` and e2fsprogs' `ext2fs_crc32c_le()` do.
-pub fn crc32c_update(mut crc: u32, data: &[u8]) -> u32 {
-    let mut chunks = data.chunks_exact(8);
-    for c in &mut chunks {
-        let lo = crc ^ u32::from_le_bytes([c[0], c[1], c[2], c[3]]);
-        let hi = u32::from_le_bytes([c[4], c[5], c[6], c[7]]);
-        crc = CRC32C[7][(lo & 0xFF) as usize]
-            ^ CRC32C[6][((lo >> 8) & 0xFF) as usize]
-            ^ CRC32C[5][((lo >> 16) & 0xFF) as usize]
-            ^ CRC32C[4][(lo >> 24) as usize]
-            ^ CRC32C[3][(hi & 0xFF) as usize]
-            ^ CRC32C[2][((hi >> 8) & 0xFF) as usize]
-            ^ CRC32C[1][((hi >> 16) & 0xFF) as usize]
-            ^ CRC32C[0][(hi >> 24) as usize];
-    }
-    for &b in chunks.remainder() {
-        crc = (crc >> 8) ^ CRC32C[0][((crc ^ b as u32) & 0xFF) as usize];
-    }
-    crc
+pub fn crc32c_update(crc: u32, data: &[u8]) -> u32 {
+    // The crate inverts on entry and exit; undo both.
+    !crc32c::crc32c_append(!crc, data)
 }
 
 /// The standard CRC-32C of `data` (initial and final inversion), as xfs
-/// stores it.
+/// and btrfs store it.
 pub fn crc32c(data: &[u8]) -> u32 {
-    !crc32c_update(!0, data)
+    crc32c::crc32c(data)
+}
+
+/// The standard CRC-32 (IEEE, reflected; initial and final inversion), as
+/// GPT stores it.
+pub fn crc32_ieee(data: &[u8]) -> u32 {
+    crc32fast::hash(data)
+}
+
+/// Raw CRC-32 (IEEE, reflected) from `init`, without inversions (LVM2's
+/// `calc_crc` with its own seed).
+pub fn crc32_ieee_raw(init: u32, data: &[u8]) -> u32 {
+    let mut h = crc32fast::Hasher::new_with_initial(!init);
+    h.update(data);
+    !h.finalize()
 }
 
 /// Continues ext4's CRC-16 over `data` (no inversions; callers start at !0).
@@ -103,24 +72,46 @@ pub fn crc16_update(mut crc: u16, data: &[u8]) -> u16 {
 mod tests {
     use super::*;
 
+    /// Bitwise reflected CRC-32 with polynomial `poly` from `init`, no
+    /// final inversion: the definition the crates are checked against.
+    fn bitwise(poly: u32, init: u32, data: &[u8]) -> u32 {
+        let mut crc = init;
+        for &b in data {
+            crc ^= b as u32;
+            for _ in 0..8 {
+                crc = if crc & 1 != 0 {
+                    (crc >> 1) ^ poly
+                } else {
+                    crc >> 1
+                };
+            }
+        }
+        crc
+    }
+
     #[test]
     fn known_values() {
         assert_eq!(crc32c(b"123456789"), 0xE306_9283);
-        assert_eq!(
-            crc32c(b"123456789"),
-            crate::bytes::crc32_reflected(CRC32C_POLY, b"123456789")
-        );
+        assert_eq!(crc32_ieee(b"123456789"), 0xCBF4_3926);
         // CRC-16/ARC check value (init 0): 0xBB3D.
         assert_eq!(crc16_update(0, b"123456789"), 0xBB3D);
     }
 
     #[test]
-    fn table_matches_bitwise_on_every_length() {
+    fn crates_match_bitwise_on_every_length() {
         let data: Vec<u8> = (0..300u32).map(|i| (i * 7 + 3) as u8).collect();
         for n in 0..data.len() {
+            let d = &data[..n];
+            assert_eq!(crc32c(d), !bitwise(0x82F6_3B78, !0, d), "length {n}");
             assert_eq!(
-                crc32c(&data[..n]),
-                crate::bytes::crc32_reflected(CRC32C_POLY, &data[..n]),
+                crc32c_update(0x1234_5678, d),
+                bitwise(0x82F6_3B78, 0x1234_5678, d),
+                "length {n}"
+            );
+            assert_eq!(crc32_ieee(d), !bitwise(0xEDB8_8320, !0, d), "length {n}");
+            assert_eq!(
+                crc32_ieee_raw(0xf597_a6cf, d),
+                bitwise(0xEDB8_8320, 0xf597_a6cf, d),
                 "length {n}"
             );
         }
