@@ -1,6 +1,6 @@
 //! The `vmfinal` binary: parse, dispatch, map errors to exit codes.
 
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 use vmfinal::cli::{Cli, Command};
 use vmfinal::commands;
 use vmfinal::pipeline::PipelineError;
@@ -48,9 +48,9 @@ fn main() {
             Command::Finalize(a) => commands::finalize::run(a),
             Command::Profiles(a) => commands::profiles::run(a),
             Command::Cleanup(a) => commands::cleanup::run(a),
-            Command::Completions(a) => commands::completions::run(a),
+            Command::Completions(a) => commands::completions::run(a, &Cli::command()),
             Command::Sandbox(a) => vmfinal::guest::sandbox::init(a),
-            Command::Man(a) => commands::man::run(a),
+            Command::Man(a) => commands::man::run(a, Cli::command()),
         });
     match result {
         Ok(code) => std::process::exit(code),

@@ -27,9 +27,9 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail};
 
-use crate::commands::output_args::is_stdio;
 use crate::convert::ConvertRequest;
 use crate::image::{self, ImageError, ImageFormat};
+use crate::output::is_stdio;
 use crate::pipeline::PipelineError;
 use crate::report::{ConvertReport, human_bytes};
 

@@ -11,6 +11,14 @@ pub mod raw;
 use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
 
+/// The name that means stdin (as input) or stdout (as output).
+pub const STDIO: &str = "-";
+
+/// True if `p` is `-`.
+pub fn is_stdio(p: &Path) -> bool {
+    p.as_os_str() == STDIO
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum OutputError {
     #[error("{0}: already exists (use --force to overwrite)")]
