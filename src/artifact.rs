@@ -124,7 +124,7 @@ impl ManifestLock {
                 return Err(e).with_context(|| format!("{}: cannot lock", dir.display()));
             }
             if crate::interrupt::requested() {
-                anyhow::bail!(crate::pipeline::PipelineError::Interrupted);
+                anyhow::bail!(crate::interrupt::Interrupted);
             }
         }
     }

@@ -3,7 +3,6 @@
 use clap::{CommandFactory, Parser};
 use vmfinal::cli::{Cli, Command};
 use vmfinal::commands;
-use vmfinal::pipeline::PipelineError;
 
 /// Exit code after SIGINT/SIGTERM, as shells report it.
 const EXIT_INTERRUPTED: i32 = 130;
@@ -66,10 +65,7 @@ fn main() {
                 eprintln!("vmfinal: done before the error: {done}");
             }
             let stream = vmfinal::output::dest::streaming();
-            if matches!(
-                e.downcast_ref::<PipelineError>(),
-                Some(PipelineError::Interrupted)
-            ) {
+            if vmfinal::pipeline::is_interrupted(&e) {
                 if stream {
                     eprintln!("vmfinal: interrupted; the stream on stdout is incomplete");
                 } else {

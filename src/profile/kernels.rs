@@ -497,7 +497,7 @@ pub fn execute(
         // Between calls, never during one: dpkg/rpm finish the package they
         // are working on.
         if crate::interrupt::requested() {
-            anyhow::bail!(crate::pipeline::PipelineError::Interrupted);
+            anyhow::bail!(crate::interrupt::Interrupted);
         }
         let mut argv: Vec<&str> = match plan.backend {
             Backend::Dpkg => vec!["dpkg", "--purge"],
@@ -514,7 +514,7 @@ pub fn execute(
         }
     }
     if crate::interrupt::requested() {
-        anyhow::bail!(crate::pipeline::PipelineError::Interrupted);
+        anyhow::bail!(crate::interrupt::Interrupted);
     }
     for p in &plan.sweep {
         if let Ok(st) = root.lstat(p.as_os_str().as_bytes()) {

@@ -600,7 +600,7 @@ pub fn execute(ctx: &Ctx, plan: &mut ProfilePlan) -> anyhow::Result<()> {
     let t0 = std::time::Instant::now();
     for sp in &mut plan.steps {
         if crate::interrupt::requested() {
-            anyhow::bail!(crate::pipeline::PipelineError::Interrupted);
+            anyhow::bail!(crate::interrupt::Interrupted);
         }
         if let Some(kp) = &sp.kernel {
             if !kp.purge.is_empty() {
