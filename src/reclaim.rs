@@ -10,7 +10,8 @@ use std::path::Path;
 
 use serde::Serialize;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+/// How free space is given back (command-line spelling: `commands::value_enums`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ReclaimMode {
     /// discard, falling back to zero where discard is not supported

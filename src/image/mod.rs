@@ -34,7 +34,8 @@ pub const MAX_VIRTUAL_SIZE: u64 = 1 << 62;
 pub const SECTOR: u64 = 512;
 
 /// The image formats vmfinal reads and writes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, clap::ValueEnum)]
+/// (Its command-line spelling: `commands::value_enums`.)
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ImageFormat {
     Raw,

@@ -13,7 +13,8 @@ pub mod writer;
 pub use reader::Qcow2Image;
 
 /// Cluster compression of a qcow2 image (header byte 104).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, clap::ValueEnum)]
+/// (Its command-line spelling: `commands::value_enums`.)
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Compression {
     /// Raw deflate with a 4 KiB window: every QEMU reads it.
