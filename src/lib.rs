@@ -10,6 +10,7 @@ pub mod cli;
 pub mod commands;
 pub mod convert;
 pub mod disk;
+pub mod estimate;
 pub mod extent;
 pub mod fs;
 pub mod guest;
