@@ -39,8 +39,19 @@ use std::process::{Command, Stdio};
 
 use super::loopdev::LoopDevice;
 use super::root::openat2;
-use crate::profile::plan::{OUTPUT_CUT, Sandbox};
 use fs::DevSpec;
+
+/// Runs a command inside the guest in fresh namespaces. Defined beside its
+/// one implementation (`GuestSandbox`); profile planning takes it as
+/// `&dyn Sandbox`, so a dry run needs none.
+pub trait Sandbox {
+    /// Runs `argv` chrooted into the guest; returns (status ok, combined
+    /// output). Output past a cap keeps its end and starts with `OUTPUT_CUT`.
+    fn run(&self, argv: &[&str]) -> io::Result<(bool, String)>;
+}
+
+/// The first line of a sandbox output whose beginning was cut.
+pub const OUTPUT_CUT: &str = "[vmfinal: output cut]\n";
 
 /// The environment commands get.
 const ENV: &[(&str, &str)] = &[
