@@ -24,3 +24,4 @@ pub mod reclaim;
 pub mod report;
 pub mod session;
 pub mod spool;
+pub mod text;

@@ -294,7 +294,7 @@ pub fn open_inspect(path: &Path, forced: Option<ImageFormat>) -> Result<Opened> 
                 });
             }
         }
-        crate::report::note(&format!(
+        crate::text::note(&format!(
             "{}: the name does not say the format; read as {format} (probed; --format chooses)",
             path.display()
         ));

@@ -135,7 +135,7 @@ impl TempOutput {
     pub fn create(target: &Path, force: bool) -> Result<Self, OutputError> {
         check_target(target, force)?;
         for p in sweep_stale_temps(target) {
-            crate::report::note(&format!(
+            crate::text::note(&format!(
                 "removed {}, left by a vmfinal run that was killed",
                 p.display()
             ));
