@@ -3,9 +3,9 @@
 //! adds: partitions inside the usable LBA range, off both headers and both
 //! entry arrays.
 //!
-//! Not here: MBR and the layout check itself (`partition`).
+//! Not here: MBR (`partition`) and the layout check itself (`table`).
 
-use super::partition::{
+use super::table::{
     LayoutError, Partition, PartitionTable, Reserved, SECTOR, TableKind, check_layout, crc32, guid,
     read,
 };
