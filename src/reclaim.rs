@@ -30,7 +30,8 @@ pub struct ReclaimResult {
     pub method: String,
     /// Bytes trimmed or zeroed.
     pub bytes: u64,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    /// What went otherwise than asked (a fallback, a failure); null when
+    /// nothing did.
     pub note: Option<String>,
 }
 

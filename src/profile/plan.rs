@@ -59,7 +59,7 @@ pub struct StepPlan {
     pub remove_packages: Vec<String>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub keep_packages: Vec<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    /// Why the step did nothing (null when it acted).
     pub note: Option<String>,
     #[serde(skip)]
     pub(crate) kernel: Option<kernels::KernelPlan>,
@@ -93,7 +93,7 @@ pub struct ProfilePlan {
     pub name: String,
     pub description: String,
     pub applicable: bool,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    /// Why the profile does not apply (null when it does).
     pub reason: Option<String>,
     pub steps: Vec<StepPlan>,
     /// Bytes the planned actions free (allocated blocks).

@@ -145,7 +145,9 @@ pub enum Count {
 pub struct WriteSpec {
     pub path: PatternText,
     pub content: String,
-    /// Permission bits, default 0644 (see `FileMode`).
+    /// Mode bits of the written file (permissions and setuid/setgid/sticky,
+    /// at most 07777), given as octal text; `FileMode::DEFAULT` (0644) when
+    /// absent. The file is owned by root. See `FileMode` for the spellings.
     #[serde(default)]
     pub mode: Option<FileMode>,
 }

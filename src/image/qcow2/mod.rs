@@ -1,5 +1,7 @@
 //! qcow2: our own strict reader, consistency checker and sequential
-//! compressed writer. See `docs/qcow2.md` for the layout facts we rely on.
+//! compressed writer. The layout is QEMU's specification
+//! (`docs/interop/qcow2.txt` in the QEMU source); `format.rs` holds the
+//! header and table decodings as pure functions.
 //!
 //! The reader never opens a backing file or an external data file: images
 //! that need one are refused with an error naming the feature.
