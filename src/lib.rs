@@ -9,6 +9,7 @@ pub mod bytes;
 pub mod cli;
 pub mod commands;
 pub mod convert;
+pub mod crc;
 pub mod disk;
 pub mod estimate;
 pub mod extent;

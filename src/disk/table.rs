@@ -154,7 +154,7 @@ pub fn read(src: &dyn BlockSource, off: u64, len: usize) -> Option<Vec<u8>> {
 
 /// CRC-32 (IEEE, reflected), as GPT uses.
 pub fn crc32(data: &[u8]) -> u32 {
-    crate::fs::crc::crc32_ieee(data)
+    crate::crc::crc32_ieee(data)
 }
 
 /// Mixed-endian GUID text, as tools print it.
