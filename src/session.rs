@@ -11,6 +11,7 @@ use serde::Serialize;
 
 use crate::guest::sandbox::GuestSandbox;
 use crate::guest::{self, Guest, Mounted, PartInfo, state::State};
+use crate::pipeline::PipelineError;
 use crate::profile::plan::{self, Ctx, ProfilePlan};
 use crate::profile::{Profile, Registry};
 use crate::reclaim::{self, ReclaimMode, ReclaimResult};
@@ -119,7 +120,7 @@ pub fn prepare_privileged(command: &str) -> anyhow::Result<State> {
 
 fn interrupted() -> anyhow::Result<()> {
     if crate::interrupt::requested() {
-        return Err(crate::interrupt::Interrupted.into());
+        return Err(PipelineError::Interrupted.into());
     }
     Ok(())
 }
