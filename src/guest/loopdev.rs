@@ -4,6 +4,11 @@
 //! last user (our descriptor, the mount) is gone, so even a SIGKILL leaves
 //! none behind. Each device is tagged `vmfinal:PID` in its `lo_file_name`,
 //! which `vmfinal cleanup` looks for.
+//!
+//! Hand-written rather than the `loopdev` crate: that one binds the kernel
+//! headers at build time (bindgen, libclang) for the three ioctls and one
+//! struct used here, and vmfinal needs `LOOP_CONFIGURE` with autoclear,
+//! read-only devices and its own tag in one call.
 
 use std::fs::{File, OpenOptions};
 use std::io;

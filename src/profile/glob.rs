@@ -3,6 +3,12 @@
 //! (zero or more directories). `*` and `?` also match names that start with
 //! a dot: a cleanup that says `/tmp/*` means every entry. They never match
 //! `/`.
+//!
+//! Hand-written rather than `glob`/`globset`: matching runs one component
+//! at a time against directories opened inside the guest root (openat2), on
+//! bytes rather than UTF-8 paths, with `*` matching dot names, and with the
+//! bounds a profile from anywhere needs (length, alternatives, `**` count);
+//! the crates walk host paths or match whole strings.
 
 use std::ffi::{OsStr, OsString};
 use std::os::unix::ffi::OsStrExt;

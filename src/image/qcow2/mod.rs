@@ -2,6 +2,9 @@
 //! compressed writer. The layout is QEMU's specification
 //! (`docs/interop/qcow2.txt` in the QEMU source); `format.rs` holds the
 //! header and table decodings as pure functions.
+//! Hand-written rather than a qcow2 crate: the one there was (qcow2-rs) is
+//! async only, writes no compressed clusters, has no zstd and returned
+//! success on a truncated image (docs/ARCHITECTURE.md, Decisions).
 //!
 //! The reader never opens a backing file or an external data file: images
 //! that need one are refused with an error naming the feature.
