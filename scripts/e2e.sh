@@ -7,6 +7,7 @@
 #   4. check the cleaned guest (scripts/check-finalized.sh: dpkg --audit,
 #      apt-get check, one kernel, no .deb, empty machine-id, no host keys,
 #      freed bytes vs df within 1%, e2fsck -fn on every filesystem);
+#      analyze --guest on the original (scripts/check-guest-report.sh);
 #   5. boot-check the qcow2 directly and the expanded .zst: new machine-id,
 #      fresh ssh host keys, ssh active, one kernel;
 #   6. print sizes and times.
@@ -67,6 +68,9 @@ echo "== 4. the cleaned guest"
 "$V" expand --format qcow2 -q -o "$W/final.raw" "$W/final.qcow2"
 scripts/check-finalized.sh "$W/final.raw" --original "$W/debian.raw" --report "$W/final.json"
 rm -f "$W/final.raw"
+# analyze --guest on the original: packages vs dpkg-query, directories vs du,
+# per-profile plans vs finalize's, the HTML page in Chromium (issue 15).
+scripts/check-guest-report.sh "$W/debian.raw" "$W/report" "$W/final.json"
 
 echo "== 5. boot the results"
 for art in qcow2 zst; do

@@ -11,6 +11,12 @@ Recipe lines (paths are guest paths; '#' starts a comment):
     mode PATH MODE                   chmod (octal)
     cc   PATH SOURCE                 SOURCE (C, relative to the recipe) built
                                      statically with gcc: a guest program
+    copy PATH SOURCE                 SOURCE (relative to the recipe) copied in
+    clone PATH GUESTPATH             a second file with GUESTPATH's content
+    hardlink PATH GUESTPATH          a hard link to GUESTPATH
+    rpmdb DIR NAME-VER-REL:SIZE...   DIR/rpmdb.sqlite, a real rpm database
+                                     (rpmbuild + rpm --justdb) of packages
+                                     whose one file is SIZE bytes
     include RECIPE                   another recipe, relative to this one
 Random content is seeded by the path, so the same recipe gives the same bytes.
 """
@@ -50,6 +56,20 @@ def build(recipe, out):
             os.chmod(path, int(arg, 8), follow_symlinks=False)
             continue
         os.makedirs(os.path.dirname(path), exist_ok=True)
+        if kind == "copy":
+            shutil.copyfile(os.path.join(base, arg), path)
+            continue
+        if kind == "clone":
+            shutil.copyfile(out + arg, path)
+            continue
+        if kind == "hardlink":
+            if os.path.lexists(path):
+                os.remove(path)
+            os.link(out + arg, path)
+            continue
+        if kind == "rpmdb":
+            rpmdb(path, arg.split())
+            continue
         if kind == "cc":
             src = os.path.join(base, arg)
             subprocess.run(["gcc", "-static", "-O1", "-w", "-o", path, src], check=True)
@@ -81,6 +101,48 @@ def build(recipe, out):
             os.symlink(arg, path)
         else:
             sys.exit(f"{recipe}:{n}: unknown kind {kind}")
+
+
+SPEC = """Name: {name}
+Version: {ver}
+Release: {rel}
+Summary: vmfinal fixture package
+License: MIT
+BuildArch: noarch
+%description
+vmfinal fixture package
+%install
+mkdir -p %{{buildroot}}/usr/share/{name}
+head -c {size} /dev/zero > %{{buildroot}}/usr/share/{name}/data
+%files
+/usr/share/{name}/data
+"""
+
+
+def rpmdb(dbdir, pkgs):
+    """A real rpmdb.sqlite in dbdir, made by rpm itself."""
+    import tempfile
+    with tempfile.TemporaryDirectory() as t:
+        db = os.path.join(t, "db")
+        os.makedirs(db)
+        defs = ["--define", "_db_backend sqlite", "--dbpath", db]
+        subprocess.run(["rpm", *defs, "--initdb"], check=True)
+        for p in pkgs:
+            nvr, sz = p.rsplit(":", 1)
+            name, ver, rel = nvr.rsplit("-", 2)
+            spec = os.path.join(t, name + ".spec")
+            with open(spec, "w") as f:
+                f.write(SPEC.format(name=name, ver=ver, rel=rel, size=size(sz)))
+            subprocess.run(["rpmbuild", "-bb", "--quiet", "--define", "_topdir " + t + "/top",
+                            "--define", "_binary_payload w.ufdio", spec], check=True,
+                           stdout=subprocess.DEVNULL)
+        rpms = [os.path.join(r, f) for r, _, fs in os.walk(t + "/top/RPMS") for f in fs]
+        subprocess.run(["rpm", *defs, "-i", "--justdb", "--nodeps", "--noscripts", *sorted(rpms)],
+                       check=True, stderr=subprocess.DEVNULL)
+        # Checkpoint the write-ahead log into the database file.
+        subprocess.run(["rpm", *defs, "-qa"], check=True, stdout=subprocess.DEVNULL)
+        os.makedirs(dbdir, exist_ok=True)
+        shutil.copyfile(os.path.join(db, "rpmdb.sqlite"), os.path.join(dbdir, "rpmdb.sqlite"))
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ pub fn sample_ratio(src: &dyn BlockSource, ranges: &[Extent]) -> anyhow::Result<
     let mut base = 0u64;
     for r in ranges {
         while next < base + r.len {
+            crate::interrupt::checkpoint("analyze")?;
             let off = r.start + (next - base);
             let len = SAMPLE_UNIT.min(r.end() - off) as usize;
             src.read_at(&mut buf[..len], off)?;

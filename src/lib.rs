@@ -16,6 +16,7 @@ pub mod extent;
 pub mod fs;
 pub mod guest;
 pub mod image;
+pub mod inspect;
 pub mod interrupt;
 pub mod output;
 pub mod pipeline;

@@ -22,10 +22,11 @@ fn main() {
     // Commands that create files catch SIGINT/SIGTERM so their guards
     // unwind; the read-only ones (info, check, analyze, profiles) keep the
     // default action and stop at once.
+    // `analyze --guest` mounts the guest: it unwinds like the writers.
     let writes = !matches!(
         cli.command,
         Command::Info(_) | Command::Check(_) | Command::Analyze(_) | Command::Profiles(_)
-    );
+    ) || matches!(&cli.command, Command::Analyze(a) if a.guest || a.html.is_some());
     if writes && let Err(e) = vmfinal::interrupt::install() {
         eprintln!("vmfinal: cannot install signal handlers: {e}");
         std::process::exit(1);

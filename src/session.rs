@@ -300,6 +300,42 @@ pub fn run_guest(
     Ok(report)
 }
 
+/// Mounts the guest on the raw disk `image` read-only, exactly as a dry
+/// run does, plans `profiles` (no guest binary runs), and hands the mounted
+/// guest and the plans to `f`; unmounts after. `tag` names the mount
+/// directory, so that one process can inspect a guest before and after
+/// cleaning it.
+pub fn with_dry_run_guest<T>(
+    image: &Path,
+    profiles: &[Profile],
+    state: &mut State,
+    tag: &str,
+    f: impl FnOnce(&Guest, Vec<ProfilePlan>) -> anyhow::Result<T>,
+) -> anyhow::Result<T> {
+    let st = crate::progress::stage("mount");
+    let dir =
+        PathBuf::from(guest::state::STATE_DIR).join(format!("{}.{tag}.root", std::process::id()));
+    std::fs::create_dir(&dir)
+        .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", dir.display()))?;
+    state.add_dir(&dir)?;
+    state.add_dir(&dir.with_extension("dev"))?;
+    let _dir_guard = MountDir(dir.clone());
+    let g = Guest::mount(image, &dir, true)?;
+    st.done();
+    checkpoint("mount")?;
+    let ctx = Ctx {
+        root: &g.root,
+        allow_run: false,
+        sandbox: None,
+    };
+    let st = crate::progress::stage("plan");
+    let plans = plan::plan_all(&ctx, profiles).map_err(|e| anyhow::anyhow!(e))?;
+    st.done();
+    let r = f(&g, plans);
+    drop(g);
+    r
+}
+
 /// The human report (stderr).
 pub fn print_human(r: &GuestReport, list_paths: bool) {
     for w in &r.warnings {

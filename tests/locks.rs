@@ -14,31 +14,38 @@ use std::time::{Duration, Instant};
 struct Vm(Child);
 impl Vm {
     fn start(disk: &Path) -> Vm {
-        let c = Command::new("qemu-system-x86_64")
-            .args([
-                "-machine",
-                "accel=tcg",
-                "-S",
-                "-display",
-                "none",
-                "-nodefaults",
-                "-m",
-                "64",
-            ])
-            .arg("-drive")
-            .arg(format!("file={},format=raw,if=virtio", disk.display()))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let vm = Vm(c);
-        // Up once qemu-img can no longer open the disk.
+        let spawn = || {
+            Command::new("qemu-system-x86_64")
+                .args([
+                    "-machine",
+                    "accel=tcg",
+                    "-S",
+                    "-display",
+                    "none",
+                    "-nodefaults",
+                    "-m",
+                    "64",
+                ])
+                .arg("-drive")
+                .arg(format!("file={},format=raw,if=virtio", disk.display()))
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap()
+        };
+        let mut vm = Vm(spawn());
+        // Up once qemu-img can no longer open the disk. The probe itself
+        // holds a lock that forbids writers while it runs: a VM that started
+        // during a probe fails on that lock and exits, and is started again.
         let t = Instant::now();
         while qemu_reads(disk) {
             assert!(
                 t.elapsed() < Duration::from_secs(30),
                 "qemu-system did not lock the disk"
             );
+            if vm.0.try_wait().unwrap().is_some() {
+                vm = Vm(spawn());
+            }
             std::thread::sleep(Duration::from_millis(100));
         }
         vm

@@ -25,7 +25,7 @@ fuzz_target!(|data: &[u8]| {
                 _ => s.except.iter().collect(),
             };
             for pat in pats {
-                for e in schema::expand_vars(&pat.0, &p.vars).iter().take(64) {
+                for e in schema::expand_vars(&pat.0, &p.vars).unwrap_or_default().iter().take(64) {
                     if let Ok(globs) = glob::compile(e) {
                         for g in globs.iter().take(16) {
                             for path in PATHS {

@@ -29,6 +29,9 @@ pub struct FinalizeArgs {
     /// Keep the cleaned raw workspace (its path is printed)
     #[arg(long)]
     pub keep_workspace: bool,
+    /// Write a self-contained HTML report of the guest before and after cleaning
+    #[arg(long, value_name = "FILE.html")]
+    pub report: Option<PathBuf>,
     #[command(flatten)]
     pub guest: GuestArgs,
     #[command(flatten)]
@@ -137,6 +140,12 @@ pub fn run(a: &FinalizeArgs) -> anyhow::Result<super::ExitCode> {
     };
     crate::interrupt::checkpoint("workspace")?;
 
+    let html = match &a.report {
+        Some(p) => Some(super::analyze::FinalizeReport::before(
+            p, &ws.path, &profiles, &mut state,
+        )?),
+        None => None,
+    };
     let guest = session::run_guest(&ws.path, &profiles, &a.guest, &mut state, true)?;
     for (k, v) in &guest.stages {
         stages.insert(k.clone(), *v);
@@ -164,6 +173,9 @@ pub fn run(a: &FinalizeArgs) -> anyhow::Result<super::ExitCode> {
         v
     };
     if a.guest.dry_run {
+        if let Some(h) = html {
+            h.write(&ws.path, &profiles, &mut state, None)?;
+        }
         if a.out.json {
             println!(
                 "{}",
@@ -192,6 +204,15 @@ pub fn run(a: &FinalizeArgs) -> anyhow::Result<super::ExitCode> {
         .saturating_sub(report.fs_free_skipped);
     st.done();
     stages.insert("compact".to_string(), t.elapsed().as_secs_f64());
+    if let Some(h) = html {
+        let name = report.output.path.display().to_string();
+        h.write(
+            &ws.path,
+            &profiles,
+            &mut state,
+            Some((name, report.output.bytes)),
+        )?;
+    }
     let extra = serde_json::json!({
         "input": a.input,
         "input_format": in_fmt,
