@@ -27,3 +27,4 @@ pub mod report;
 pub mod session;
 pub mod spool;
 pub mod text;
+pub mod workspace;

@@ -356,19 +356,7 @@ fn inspect_image(
     if fmt == ImageFormat::Raw {
         return inspect_raw(&args.image, profiles, state, "inspect", depth, top);
     }
-    let dir = match &args.tmp {
-        Some(d) => d.clone(),
-        None => match args.image.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
-            _ => PathBuf::from("."),
-        },
-    };
-    let stem = args
-        .image
-        .file_stem()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "disk".into());
-    let path = dir.join(format!(".vmfinal-ws-{}-{stem}.raw", std::process::id()));
+    let path = crate::workspace::path(args.tmp.as_deref(), &args.image, &args.image);
     state.add_file(&path)?;
     state.add_file(&crate::output::temp_path_for(&path))?;
     let copy = RawCopy(path.clone());
