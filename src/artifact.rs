@@ -9,7 +9,8 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 /// Checksum algorithms for `--checksum`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+/// (Command-line spelling: `commands::value_enums`.)
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ChecksumKind {
     Sha256,
 }
@@ -124,7 +125,7 @@ impl ManifestLock {
                 return Err(e).with_context(|| format!("{}: cannot lock", dir.display()));
             }
             if crate::interrupt::requested() {
-                anyhow::bail!(crate::pipeline::PipelineError::Interrupted);
+                anyhow::bail!(crate::interrupt::Interrupted);
             }
         }
     }

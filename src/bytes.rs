@@ -25,40 +25,6 @@ pub fn be64(b: &[u8], at: usize) -> u64 {
     (be32(b, at) as u64) << 32 | be32(b, at + 4) as u64
 }
 
-/// Bitwise reflected CRC-32 with polynomial `poly` (init and final xor !0):
-/// `0xEDB8_8320` is IEEE (GPT), `0x82F6_3B78` is Castagnoli (xfs).
-pub fn crc32_reflected(poly: u32, data: &[u8]) -> u32 {
-    let mut crc = !0u32;
-    for &b in data {
-        crc ^= b as u32;
-        for _ in 0..8 {
-            crc = if crc & 1 != 0 {
-                (crc >> 1) ^ poly
-            } else {
-                crc >> 1
-            };
-        }
-    }
-    !crc
-}
-
-/// Bitwise reflected CRC-32 with polynomial `poly`, starting from `init`
-/// and without final inversion (LVM2's `calc_crc` with its own seed).
-pub fn crc32_reflected_raw(poly: u32, init: u32, data: &[u8]) -> u32 {
-    let mut crc = init;
-    for &b in data {
-        crc ^= b as u32;
-        for _ in 0..8 {
-            crc = if crc & 1 != 0 {
-                (crc >> 1) ^ poly
-            } else {
-                crc >> 1
-            };
-        }
-    }
-    crc
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

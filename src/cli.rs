@@ -71,7 +71,7 @@ impl Command {
     /// `-` as the input of a command that needs a file: one clear refusal.
     pub fn refuse_stdin(&self) -> anyhow::Result<()> {
         if let Some((name, p)) = self.file_input()
-            && commands::output_args::is_stdio(p)
+            && crate::output::is_stdio(p)
         {
             anyhow::bail!(
                 "{name} needs an image file, not stdin (-): only compact and expand read a stream; save it to a file first"
@@ -93,23 +93,8 @@ impl Command {
     }
 }
 
-/// Parses sizes such as `65536`, `64K`, `64KiB`, `2M`, `1G`.
-pub fn parse_size(s: &str) -> Result<u64, String> {
-    let t = s.trim();
-    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-    let (num, suffix) = t.split_at(split);
-    let n: u64 = num.parse().map_err(|_| format!("invalid size '{s}'"))?;
-    let mult: u64 = match suffix.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1,
-        "k" | "kb" | "kib" => 1 << 10,
-        "m" | "mb" | "mib" => 1 << 20,
-        "g" | "gb" | "gib" => 1 << 30,
-        "t" | "tb" | "tib" => 1 << 40,
-        _ => return Err(format!("invalid size suffix in '{s}' (use K, M, G or T)")),
-    };
-    n.checked_mul(mult)
-        .ok_or_else(|| format!("size '{s}' is too large"))
-}
+/// Sizes on the command line; lives beside the options that take them.
+pub use crate::commands::output_args::parse_size;
 
 #[cfg(test)]
 mod tests {

@@ -8,6 +8,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 static FLAG: OnceLock<Arc<AtomicBool>> = OnceLock::new();
 
+/// The error of work stopped by SIGINT/SIGTERM. `main` maps it (and
+/// `pipeline::PipelineError::Interrupted`, which the pipeline converts it
+/// into) to exit code 130.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("interrupted")]
+pub struct Interrupted;
+
 /// Installs the SIGINT/SIGTERM handlers. Call once, early in `main`.
 pub fn install() -> std::io::Result<()> {
     let flag = FLAG
@@ -28,15 +35,15 @@ pub fn requested() -> bool {
 /// `vmfinal: paused at STAGE` and waits (up to 120 s) for a signal, so the
 /// interruption tests can hit every stage deterministically. Returns
 /// `Interrupted` once a signal arrived (or at once if one already had).
-pub fn checkpoint(stage: &str) -> Result<(), crate::pipeline::PipelineError> {
+pub fn checkpoint(stage: &str) -> Result<(), Interrupted> {
     if requested() {
-        return Err(crate::pipeline::PipelineError::Interrupted);
+        return Err(Interrupted);
     }
     if std::env::var("VMFINAL_TEST_PAUSE").is_ok_and(|s| s == stage) {
         eprintln!("vmfinal: paused at {stage}");
         for _ in 0..2400 {
             if requested() {
-                return Err(crate::pipeline::PipelineError::Interrupted);
+                return Err(Interrupted);
             }
             std::thread::sleep(std::time::Duration::from_millis(50));
         }

@@ -1,9 +1,8 @@
 //! The `vmfinal` binary: parse, dispatch, map errors to exit codes.
 
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 use vmfinal::cli::{Cli, Command};
 use vmfinal::commands;
-use vmfinal::pipeline::PipelineError;
 
 /// Exit code after SIGINT/SIGTERM, as shells report it.
 const EXIT_INTERRUPTED: i32 = 130;
@@ -49,9 +48,9 @@ fn main() {
             Command::Finalize(a) => commands::finalize::run(a),
             Command::Profiles(a) => commands::profiles::run(a),
             Command::Cleanup(a) => commands::cleanup::run(a),
-            Command::Completions(a) => commands::completions::run(a),
+            Command::Completions(a) => commands::completions::run(a, &Cli::command()),
             Command::Sandbox(a) => vmfinal::guest::sandbox::init(a),
-            Command::Man(a) => commands::man::run(a),
+            Command::Man(a) => commands::man::run(a, Cli::command()),
         });
     match result {
         Ok(code) => std::process::exit(code),
@@ -67,10 +66,7 @@ fn main() {
                 eprintln!("vmfinal: done before the error: {done}");
             }
             let stream = vmfinal::output::dest::streaming();
-            if matches!(
-                e.downcast_ref::<PipelineError>(),
-                Some(PipelineError::Interrupted)
-            ) {
+            if vmfinal::pipeline::is_interrupted(&e) {
                 if stream {
                     eprintln!("vmfinal: interrupted; the stream on stdout is incomplete");
                 } else {

@@ -87,6 +87,21 @@ pub enum PipelineError {
     Other(String),
 }
 
+impl From<crate::interrupt::Interrupted> for PipelineError {
+    fn from(_: crate::interrupt::Interrupted) -> Self {
+        PipelineError::Interrupted
+    }
+}
+
+/// True if `e` is a stop by SIGINT/SIGTERM, in either spelling.
+pub fn is_interrupted(e: &anyhow::Error) -> bool {
+    e.downcast_ref::<crate::interrupt::Interrupted>().is_some()
+        || matches!(
+            e.downcast_ref::<PipelineError>(),
+            Some(PipelineError::Interrupted)
+        )
+}
+
 #[derive(Debug, Clone)]
 pub struct PipelineConfig {
     /// Unit of encoding and of zero detection (cluster size, frame size).

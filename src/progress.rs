@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use crate::extent::Extent;
-use crate::report::human_bytes;
+use crate::text::human_bytes;
 
 /// A finished (or failed) stage.
 #[derive(Debug, Clone, PartialEq)]

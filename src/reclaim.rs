@@ -10,7 +10,8 @@ use std::path::Path;
 
 use serde::Serialize;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+/// How free space is given back (command-line spelling: `commands::value_enums`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ReclaimMode {
     /// discard, falling back to zero where discard is not supported
@@ -29,7 +30,8 @@ pub struct ReclaimResult {
     pub method: String,
     /// Bytes trimmed or zeroed.
     pub bytes: u64,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    /// What went otherwise than asked (a fallback, a failure); null when
+    /// nothing did.
     pub note: Option<String>,
 }
 

@@ -95,6 +95,7 @@ fn used_bytes(dir: &Path) -> u64 {
     };
     // SAFETY: zeroed statvfs is valid; pointers live through the call.
     let mut s: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is NUL-terminated and `s` a live statvfs buffer for the call.
     if unsafe { libc::statvfs(c.as_ptr(), &mut s) } != 0 {
         return 0;
     }

@@ -27,9 +27,9 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail};
 
-use crate::commands::output_args::is_stdio;
 use crate::convert::ConvertRequest;
 use crate::image::{self, ImageError, ImageFormat};
+use crate::output::is_stdio;
 use crate::pipeline::PipelineError;
 use crate::report::{ConvertReport, human_bytes};
 
@@ -69,10 +69,7 @@ impl Spool {
     /// Errors name stdin, not the temporary file. Interruption stays
     /// recognisable.
     pub fn relabel_err(&self, e: anyhow::Error) -> anyhow::Error {
-        if matches!(
-            e.downcast_ref::<PipelineError>(),
-            Some(PipelineError::Interrupted)
-        ) {
+        if crate::pipeline::is_interrupted(&e) {
             return e;
         }
         let p = self.path.display().to_string();

@@ -331,8 +331,8 @@ fn guest_code_cannot_escape_the_sandbox() {
         "host mounts: {:?}",
         probe_mounts()
     );
-    // SAFETY: signal 0 to our own child only checks it exists.
     assert_eq!(
+        // SAFETY: signal 0 to our own child only checks it exists.
         unsafe { libc::kill(decoy.0.id() as i32, 0) },
         0,
         "decoy killed"

@@ -7,7 +7,6 @@ use std::path::{Path, PathBuf};
 
 use crate::extent::{self, Extent};
 use crate::guest::state::State;
-use crate::image::qcow2::deflate::RawDeflate;
 use crate::image::{self, BlockSource, ImageFormat};
 use crate::inspect::{self, Inspection};
 use crate::pipeline::is_zero;
@@ -17,9 +16,6 @@ use crate::session::{self, GuestArgs};
 
 /// Granularity of the free-but-not-zero count.
 const BLOCK: usize = 4096;
-/// Data sampled for the size estimates, and the sample unit.
-const SAMPLE_BYTES: u64 = 64 << 20;
-const SAMPLE_UNIT: u64 = 64 << 10;
 
 #[derive(Debug, clap::Args)]
 pub struct AnalyzeArgs {
@@ -81,43 +77,6 @@ fn nonzero_bytes(src: &dyn BlockSource, ranges: &[Extent]) -> anyhow::Result<u64
         }
     }
     Ok(n)
-}
-
-/// Compresses an evenly spread sample of `ranges`; returns (sampled, zlib, zstd) bytes.
-fn sample_ratio(src: &dyn BlockSource, ranges: &[Extent]) -> anyhow::Result<(u64, u64, u64)> {
-    let total = extent::total(ranges);
-    if total == 0 {
-        return Ok((0, 0, 0));
-    }
-    let step = (total / SAMPLE_BYTES.max(1)).max(1) * SAMPLE_UNIT;
-    let mut zlib = RawDeflate::new(6)?;
-    let mut zstd = zstd::bulk::Compressor::new(3)?;
-    let (mut sampled, mut zl, mut zs) = (0u64, 0u64, 0u64);
-    let mut buf = vec![0u8; SAMPLE_UNIT as usize];
-    let mut out = Vec::new();
-    let mut next = 0u64; // position in the concatenation of ranges
-    let mut base = 0u64;
-    for r in ranges {
-        while next < base + r.len {
-            crate::interrupt::checkpoint("analyze")?;
-            let off = r.start + (next - base);
-            let len = SAMPLE_UNIT.min(r.end() - off) as usize;
-            src.read_at(&mut buf[..len], off)?;
-            let chunk = &buf[..len];
-            sampled += len as u64;
-            if !is_zero(chunk) {
-                zl += if zlib.compress(chunk, &mut out, len.saturating_sub(1).max(1))? {
-                    out.len() as u64
-                } else {
-                    len as u64
-                };
-                zs += zstd.compress(chunk)?.len().min(len) as u64;
-            }
-            next += step;
-        }
-        base += r.len;
-    }
-    Ok((sampled, zl, zs))
 }
 
 fn bar(part: u64, whole: u64, width: usize) -> String {
@@ -208,7 +167,7 @@ pub fn disk_facts(image: &Path, format: Option<ImageFormat>) -> anyhow::Result<D
         }
         parts.push((p.clone(), fnz, v, lv_fnz));
     }
-    let (sampled, zl, zs) = sample_ratio(src.as_ref(), &to_read)?;
+    let (sampled, zl, zs) = crate::estimate::sample_ratio(src.as_ref(), &to_read)?;
     let read_bytes = extent::total(&to_read);
     let est = |c: u64| {
         if sampled == 0 {
@@ -424,19 +383,7 @@ fn inspect_image(
     if fmt == ImageFormat::Raw {
         return inspect_raw(&args.image, profiles, state, "inspect", depth, top);
     }
-    let dir = match &args.tmp {
-        Some(d) => d.clone(),
-        None => match args.image.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
-            _ => PathBuf::from("."),
-        },
-    };
-    let stem = args
-        .image
-        .file_stem()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "disk".into());
-    let path = dir.join(format!(".vmfinal-ws-{}-{stem}.raw", std::process::id()));
+    let path = crate::workspace::path(args.tmp.as_deref(), &args.image, &args.image);
     state.add_file(&path)?;
     state.add_file(&crate::output::temp_path_for(&path))?;
     let copy = RawCopy(path.clone());

@@ -6,24 +6,23 @@
 //! fish `... fish > /usr/share/fish/vendor_completions.d/vmfinal.fish`
 //! (the .deb installs all three).
 
-use clap::CommandFactory;
-
 #[derive(Debug, clap::Args)]
 pub struct CompletionsArgs {
     /// The shell to complete for
     pub shell: clap_complete::Shell,
 }
 
-pub fn run(a: &CompletionsArgs) -> anyhow::Result<super::ExitCode> {
-    let mut cmd = visible_command();
+/// `full` is the whole command line (`cli::Cli::command()`); the CLI layer
+/// hands it down, so this module does not import the layer above it.
+pub fn run(a: &CompletionsArgs, full: &clap::Command) -> anyhow::Result<super::ExitCode> {
+    let mut cmd = visible_command(full);
     clap_complete::generate(a.shell, &mut cmd, "vmfinal", &mut std::io::stdout());
     Ok(0)
 }
 
 /// The command line without its hidden, internal subcommands (`__sandbox`,
 /// `__man`), which completion must not offer.
-pub fn visible_command() -> clap::Command {
-    let full = crate::cli::Cli::command();
+pub fn visible_command(full: &clap::Command) -> clap::Command {
     let subs: Vec<clap::Command> = full
         .get_subcommands()
         .filter(|s| !s.is_hide_set())

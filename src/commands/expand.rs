@@ -24,9 +24,9 @@ pub struct ExpandArgs {
 pub fn run(args: &ExpandArgs) -> anyhow::Result<super::ExitCode> {
     let mut req = args.out.expand_request(args.input.clone(), args.format)?;
     crate::progress::set_quiet(args.out.quiet);
-    let _state = super::compact::register_temp(&req.output);
+    let _state = super::output_args::register_temp(&req.output);
     let spool = crate::spool::redirect_stdin(&mut req)?;
     let report = crate::spool::relabeled(&spool, convert::convert(&req))?;
-    super::compact::publish(&report, "expand", &args.out, serde_json::Value::Null)?;
+    super::output_args::publish(&report, "expand", &args.out, serde_json::Value::Null)?;
     Ok(0)
 }

@@ -5,7 +5,6 @@
 use std::path::PathBuf;
 
 use anyhow::Context;
-use clap::CommandFactory;
 
 #[derive(Debug, clap::Args)]
 pub struct ManArgs {
@@ -13,10 +12,12 @@ pub struct ManArgs {
     pub dir: PathBuf,
 }
 
-pub fn run(a: &ManArgs) -> anyhow::Result<super::ExitCode> {
+/// `top` is the whole command line (`cli::Cli::command()`), handed down by
+/// the CLI layer.
+pub fn run(a: &ManArgs, top: clap::Command) -> anyhow::Result<super::ExitCode> {
     std::fs::create_dir_all(&a.dir)
         .with_context(|| format!("cannot create {}", a.dir.display()))?;
-    let mut top = crate::cli::Cli::command();
+    let mut top = top;
     top.build();
     let mut pages = vec![("vmfinal".to_string(), top.clone())];
     for sub in top

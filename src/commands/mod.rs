@@ -13,6 +13,7 @@ pub mod info;
 pub mod man;
 pub mod output_args;
 pub mod profiles;
+pub mod value_enums;
 
 /// Outcome of a command: the process exit code.
 pub type ExitCode = i32;

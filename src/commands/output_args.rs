@@ -6,6 +6,12 @@
 //! `--force-format`; an option that does not apply to the chosen format is
 //! an error, not silently ignored. `-o -` is a stream on stdout (zst or raw).
 //!
+//! Also the pieces every converting command shares once its conversion
+//! has run: `register_temp` (the temporary output in the run's state file),
+//! `publish` (checksum, manifest, report) and `emit`, and `parse_size` for
+//! size options. `cli` and every command import them from here; nothing
+//! here imports `cli` or another command.
+//!
 //! Not here: the conversion (`convert`), the writers (`output`), reading
 //! stdin (`spool`).
 
@@ -15,17 +21,27 @@ use std::path::{Path, PathBuf};
 
 use anyhow::bail;
 
-use crate::cli::parse_size;
 use crate::convert::{self, ConvertRequest, DEFAULT_CLUSTER_SIZE, DEFAULT_FRAME_SIZE};
 use crate::image::ImageFormat;
 use crate::image::qcow2::Compression;
+pub use crate::output::{STDIO, is_stdio};
 
-/// The name that means stdin (as input) or stdout (as output).
-pub const STDIO: &str = "-";
-
-/// True if `p` is `-`.
-pub fn is_stdio(p: &Path) -> bool {
-    p.as_os_str() == STDIO
+/// Parses sizes such as `65536`, `64K`, `64KiB`, `2M`, `1G`.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, suffix) = t.split_at(split);
+    let n: u64 = num.parse().map_err(|_| format!("invalid size '{s}'"))?;
+    let mult: u64 = match suffix.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        "t" | "tb" | "tib" => 1 << 40,
+        _ => return Err(format!("invalid size suffix in '{s}' (use K, M, G or T)")),
+    };
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("size '{s}' is too large"))
 }
 
 /// Where the artifact goes and how the run reports: every converting command.
@@ -335,6 +351,75 @@ impl OutputArgs {
         o.dest.json = false;
         o.dest.quiet = true;
         o
+    }
+}
+
+/// As root, records the temporary output in `/run/vmfinal/PID.json`, so
+/// that `vmfinal cleanup` removes it if this run is killed (the next run
+/// to the same OUT removes it either way). Dropping the state removes the
+/// record.
+pub fn register_temp(output: &std::path::Path) -> Option<crate::guest::state::State> {
+    // A stream on stdout has no temporary file.
+    if output == std::path::Path::new("-") {
+        return None;
+    }
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return None;
+    }
+    let mut s = crate::guest::state::State::create().ok()?;
+    s.add_file(&crate::output::temp_path_for(output)).ok()?;
+    Some(s)
+}
+
+/// Writes the checksum and manifest entry if asked, then prints the report.
+/// `extra` is merged into the manifest's `custom_data` (e.g. finalize's
+/// before/after figures).
+pub fn publish(
+    report: &crate::report::ConvertReport,
+    command: &str,
+    out: &DestArgs,
+    extra: serde_json::Value,
+) -> anyhow::Result<()> {
+    let mut files = vec![report.output.path.clone()];
+    let mut sha = None;
+    if out.checksum.is_some() {
+        let (digest, sum_path) = crate::artifact::write_checksum(&report.output.path)?;
+        files.push(sum_path);
+        sha = Some(digest);
+    }
+    if let Some(m) = &out.manifest {
+        let mut custom = serde_json::json!({
+            "vmfinal_command": command,
+            "input_virtual_size": report.input.virtual_size,
+            "input_allocated_bytes": report.input.allocated_bytes,
+            "output_bytes": report.output.bytes,
+            "output_format": report.output.format,
+            "compression": report.output.compression,
+            "seconds": report.seconds,
+            "sha256": sha,
+        });
+        if let (Some(c), serde_json::Value::Object(e)) = (custom.as_object_mut(), extra) {
+            c.extend(e);
+        }
+        crate::artifact::append_manifest(m, &files, &report.output.path, custom)?;
+    }
+    emit(report, command, out);
+    Ok(())
+}
+
+/// Prints warnings and the summary (stderr) and the JSON report (stdout).
+pub fn emit(report: &crate::report::ConvertReport, command: &str, out: &DestArgs) {
+    for w in &report.warnings {
+        eprintln!("vmfinal: warning: {w}");
+    }
+    if out.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report.to_json(command)).unwrap_or_default()
+        );
+    } else if !out.quiet {
+        eprintln!("{}", report.summary_line());
     }
 }
 

@@ -3,10 +3,11 @@
 //! adds: partitions inside the usable LBA range, off both headers and both
 //! entry arrays.
 //!
-//! Not here: MBR and the layout check itself (`partition`).
+//! Not here: MBR (`partition`) and the layout check itself (`table`).
 
-use super::partition::{
-    Partition, PartitionTable, Reserved, SECTOR, TableKind, check_layout, crc32, guid, read,
+use super::table::{
+    LayoutError, Partition, PartitionTable, Reserved, SECTOR, TableKind, check_layout, crc32, guid,
+    read,
 };
 use crate::bytes::{le32, le64};
 use crate::image::BlockSource;
@@ -78,50 +79,72 @@ struct GptHeader {
     entries_bytes: u64,
     parts: Vec<Partition>,
     /// An entry that cannot describe a partition (end before start).
-    bad_entry: Option<String>,
+    bad_entry: Option<LayoutError>,
 }
 
-fn gpt_at(src: &dyn BlockSource, lba: u64) -> Result<GptHeader, String> {
+/// Why one GPT header (primary or backup) is not used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum GptHeaderError {
+    #[error("bad LBA")]
+    BadLba,
+    #[error("unreadable")]
+    Unreadable,
+    #[error("no signature")]
+    NoSignature,
+    #[error("bad header size {0}")]
+    BadSize(usize),
+    #[error("header checksum mismatch")]
+    HeaderChecksum,
+    #[error("header at LBA {0} says it is at LBA {1}")]
+    Misplaced(u64, u64),
+    #[error("implausible entry table ({0} entries of {1} bytes)")]
+    ImplausibleEntries(u64, u64),
+    #[error("bad entry LBA")]
+    BadEntryLba,
+    #[error("entry table lies past the end of the disk")]
+    EntriesPastEnd,
+    #[error("entry table checksum mismatch")]
+    EntriesChecksum,
+}
+
+fn gpt_at(src: &dyn BlockSource, lba: u64) -> Result<GptHeader, GptHeaderError> {
     let h = read(
         src,
-        lba.checked_mul(SECTOR).ok_or("bad LBA")?,
+        lba.checked_mul(SECTOR).ok_or(GptHeaderError::BadLba)?,
         SECTOR as usize,
     )
-    .ok_or("unreadable")?;
+    .ok_or(GptHeaderError::Unreadable)?;
     if &h[0..8] != GPT_SIGNATURE {
-        return Err("no signature".into());
+        return Err(GptHeaderError::NoSignature);
     }
     let hsize = le32(&h, 12) as usize;
     if !(92..=SECTOR as usize).contains(&hsize) {
-        return Err(format!("bad header size {hsize}"));
+        return Err(GptHeaderError::BadSize(hsize));
     }
     let mut hc = h[..hsize].to_vec();
     hc[16..20].fill(0);
     if crc32(&hc) != le32(&h, 16) {
-        return Err("header checksum mismatch".into());
+        return Err(GptHeaderError::HeaderChecksum);
     }
     if le64(&h, 24) != lba {
-        return Err(format!(
-            "header at LBA {lba} says it is at LBA {}",
-            le64(&h, 24)
-        ));
+        return Err(GptHeaderError::Misplaced(lba, le64(&h, 24)));
     }
     let entries_lba = le64(&h, 72);
     let count = le32(&h, 80) as u64;
     let esize = le32(&h, 84) as u64;
     if !(128..=4096).contains(&esize) || count > MAX_GPT_ENTRIES {
-        return Err(format!(
-            "implausible entry table ({count} entries of {esize} bytes)"
-        ));
+        return Err(GptHeaderError::ImplausibleEntries(count, esize));
     }
     let table = read(
         src,
-        entries_lba.checked_mul(SECTOR).ok_or("bad entry LBA")?,
+        entries_lba
+            .checked_mul(SECTOR)
+            .ok_or(GptHeaderError::BadEntryLba)?,
         (count * esize) as usize,
     )
-    .ok_or("entry table lies past the end of the disk")?;
+    .ok_or(GptHeaderError::EntriesPastEnd)?;
     if crc32(&table) != le32(&h, 88) {
-        return Err("entry table checksum mismatch".into());
+        return Err(GptHeaderError::EntriesChecksum);
     }
     let mut parts = Vec::new();
     let mut bad_entry = None;
@@ -137,10 +160,7 @@ fn gpt_at(src: &dyn BlockSource, lba: u64) -> Result<GptHeader, String> {
                 .filter(|_| last >= first),
         );
         let Some((start, end)) = range else {
-            bad_entry.get_or_insert(format!(
-                "partition {} has an impossible range (LBA {first}..{last})",
-                i + 1
-            ));
+            bad_entry.get_or_insert(LayoutError::ImpossibleRange(i as u32 + 1, first, last));
             continue;
         };
         parts.push(Partition {

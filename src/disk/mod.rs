@@ -4,5 +4,6 @@
 mod gpt;
 pub mod lvm;
 pub mod partition;
+pub mod table;
 
 pub use partition::{Partition, PartitionTable, TableKind, read_partitions};

@@ -1,4 +1,5 @@
-//! Partition tables: MBR parsing here, GPT in `gpt`. A disk with neither is
+//! Partition tables: MBR parsing and the choice between MBR and GPT here,
+//! GPT in `gpt`, what both produce and the layout check in `table`. A disk with neither is
 //! one "partition" covering the whole disk (a bare filesystem). The layout
 //! is checked as a whole: a
 //! partition past the end of the disk, two partitions that overlap, a
@@ -7,134 +8,15 @@
 //! boot records) make the layout untrustworthy: `layout_error` says why,
 //! and filesystem-aware compaction copies such a disk whole.
 
+pub use super::table::{LayoutError, Partition, PartitionTable, SECTOR, TableKind, crc32};
+use super::table::{MAX_LOGICAL, Reserved, check_layout, read};
 use crate::bytes::le32;
 use crate::image::BlockSource;
 
-pub const SECTOR: u64 = 512;
 const MBR_SIGNATURE: [u8; 2] = [0x55, 0xAA];
 const MBR_TABLE: usize = 446;
 const MBR_TYPE_GPT_PROTECTIVE: u8 = 0xEE;
 const MBR_EXTENDED: [u8; 3] = [0x05, 0x0F, 0x85];
-/// Logical partitions followed at most (guards against EBR loops).
-const MAX_LOGICAL: usize = 128;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum TableKind {
-    Gpt,
-    Mbr,
-    /// No partition table: a filesystem on the whole disk.
-    None,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct Partition {
-    /// 1-based partition number (0 for a whole-disk filesystem).
-    pub index: u32,
-    /// Byte offset and size on the disk.
-    pub start: u64,
-    pub size: u64,
-    /// `mbr:0x83`, `gpt:0FC63DAF-...`, or `disk`.
-    pub type_id: String,
-    /// PARTUUID as fstab names it: the GPT unique GUID (lowercase), or the
-    /// MBR disk signature and number (`1234abcd-01`); empty for a bare disk.
-    #[serde(skip)]
-    pub part_uuid: String,
-}
-
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct PartitionTable {
-    pub kind: TableKind,
-    pub partitions: Vec<Partition>,
-    pub warnings: Vec<String>,
-    /// Why the partitions cannot be trusted to describe separate regions
-    /// (overlap, past the end, over the table): nothing may be skipped.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub layout_error: Option<String>,
-}
-
-/// A byte range the partition table itself occupies.
-#[derive(Debug, Clone, Copy)]
-pub(super) struct Reserved {
-    pub start: u64,
-    pub len: u64,
-    pub what: &'static str,
-}
-
-/// Checks that the partitions lie inside `[lo, hi)`, inside the disk, apart
-/// from each other and apart from the table's own structures.
-pub(super) fn check_layout(
-    parts: &[Partition],
-    size: u64,
-    lo: u64,
-    hi: u64,
-    reserved: &[Reserved],
-) -> Option<String> {
-    for p in parts {
-        let Some(end) = p.start.checked_add(p.size) else {
-            return Some(format!("partition {} has an impossible size", p.index));
-        };
-        if end > size {
-            return Some(format!(
-                "partition {} ends at byte {end}, past the end of the {size}-byte disk",
-                p.index
-            ));
-        }
-        if p.start < lo || end > hi {
-            return Some(format!(
-                "partition {} ({}..{}) lies outside the area the partition table allows ({lo}..{hi})",
-                p.index, p.start, end
-            ));
-        }
-        if let Some(r) = reserved
-            .iter()
-            .find(|r| r.start < end && p.start < r.start + r.len)
-        {
-            return Some(format!("partition {} lies over {}", p.index, r.what));
-        }
-    }
-    let mut v: Vec<&Partition> = parts.iter().collect();
-    v.sort_by_key(|p| (p.start, p.index));
-    for w in v.windows(2) {
-        if w[1].start < w[0].start + w[0].size {
-            return Some(format!(
-                "partitions {} and {} overlap",
-                w[0].index, w[1].index
-            ));
-        }
-    }
-    None
-}
-
-pub(super) fn read(src: &dyn BlockSource, off: u64, len: usize) -> Option<Vec<u8>> {
-    if off.checked_add(len as u64)? > src.virtual_size() {
-        return None;
-    }
-    let mut b = vec![0u8; len];
-    src.read_at(&mut b, off).ok()?;
-    Some(b)
-}
-
-/// CRC-32 (IEEE, reflected), as GPT uses.
-pub fn crc32(data: &[u8]) -> u32 {
-    crate::bytes::crc32_reflected(0xEDB8_8320, data)
-}
-
-/// Mixed-endian GUID text, as tools print it.
-pub(super) fn guid(b: &[u8]) -> String {
-    format!(
-        "{:08X}-{:04X}-{:04X}-{:02X}{:02X}-{}",
-        le32(b, 0),
-        u16::from_le_bytes([b[4], b[5]]),
-        u16::from_le_bytes([b[6], b[7]]),
-        b[8],
-        b[9],
-        b[10..16]
-            .iter()
-            .map(|x| format!("{x:02X}"))
-            .collect::<String>()
-    )
-}
 
 /// Reads the partition table of `src`. Every partition returned lies
 /// inside the disk (one that runs past its end is cut at the end, and the
@@ -231,11 +113,7 @@ fn read_table(src: &dyn BlockSource) -> PartitionTable {
                     .iter()
                     .find(|p| p.start < start || p.start + p.size > start + len)
             {
-                t.layout_error = Some(format!(
-                    "logical partition {} lies outside its extended partition {}",
-                    p.index,
-                    i + 1
-                ));
+                t.layout_error = Some(LayoutError::OutsideExtended(p.index, i as u32 + 1));
             }
         } else {
             t.partitions.push(Partition {
@@ -280,17 +158,17 @@ fn read_logical(src: &dyn BlockSource, ext: u64, t: &mut PartitionTable) -> Vec<
     let size = src.virtual_size();
     let mut ebr = ext;
     let mut ebrs = Vec::new();
-    let fail = |t: &mut PartitionTable, msg: String| {
-        t.warnings.push(msg.clone());
+    let fail = |t: &mut PartitionTable, msg: LayoutError| {
+        t.warnings.push(msg.to_string());
         t.layout_error.get_or_insert(msg);
     };
     for n in 0..MAX_LOGICAL {
         let Some(b) = read(src, ebr, SECTOR as usize) else {
-            fail(t, format!("extended boot record at {ebr} is unreadable"));
+            fail(t, LayoutError::EbrUnreadable(ebr));
             return ebrs;
         };
         if b[510..512] != MBR_SIGNATURE {
-            fail(t, format!("extended boot record at {ebr} has no signature"));
+            fail(t, LayoutError::EbrNoSignature(ebr));
             return ebrs;
         }
         ebrs.push(ebr);
@@ -310,10 +188,7 @@ fn read_logical(src: &dyn BlockSource, ext: u64, t: &mut PartitionTable) -> Vec<
                     part_uuid: String::new(),
                 });
             } else {
-                fail(
-                    t,
-                    format!("logical partition {} lies past the end of the disk", 5 + n),
-                );
+                fail(t, LayoutError::LogicalPastEnd(5 + n as u32));
             }
         }
         let next = le32(e1, 8) as u64 * SECTOR;
@@ -321,15 +196,12 @@ fn read_logical(src: &dyn BlockSource, ext: u64, t: &mut PartitionTable) -> Vec<
             return ebrs;
         }
         let Some(n_ebr) = ext.checked_add(next).filter(|&x| x > ebr) else {
-            fail(t, "extended boot records loop".into());
+            fail(t, LayoutError::EbrLoop);
             return ebrs;
         };
         ebr = n_ebr;
     }
-    fail(
-        t,
-        format!("more than {MAX_LOGICAL} logical partitions: the rest are ignored"),
-    );
+    fail(t, LayoutError::TooManyLogical);
     ebrs
 }
 
@@ -433,18 +305,22 @@ mod tests {
             return;
         };
         let last = g.len() as u64 / SECTOR - 1;
+        type Is = fn(&LayoutError) -> bool;
+        let overlap: Is = |e| matches!(e, LayoutError::Overlap(..));
+        let outside: Is = |e| matches!(e, LayoutError::OutsideTableArea { .. });
+        let past: Is = |e| matches!(e, LayoutError::PastDiskEnd { .. });
         for (what, first, end, want) in [
-            ("overlap", 10_000, 30_000, "overlap"),
-            ("entry array", 2, 30_000, "outside the area"),
-            ("past the end", 22_528, last + 100, "past the end"),
-            ("backup", 22_528, last, "outside the area"),
+            ("overlap", 10_000, 30_000, overlap),
+            ("entry array", 2, 30_000, outside),
+            ("past the end", 22_528, last + 100, past),
+            ("backup", 22_528, last, outside),
         ] {
             let mut b = g.clone();
             gpt_set(&mut b, 1, first, end);
             let t = table(&b);
             assert_eq!(t.kind, TableKind::Gpt, "{what}");
             let e = t.layout_error.unwrap_or_else(|| panic!("{what}: accepted"));
-            assert!(e.contains(want), "{what}: {e}");
+            assert!(want(&e), "{what}: {e}");
         }
         // A header whose usable area covers its own entry array.
         let mut b = g.clone();
@@ -457,7 +333,7 @@ mod tests {
             set32(&mut b, h + 16, c);
         }
         let e = table(&b).layout_error.expect("partition over the entries");
-        assert!(e.contains("GPT"), "{e}");
+        assert_eq!(e, LayoutError::OverTable(1, "a GPT entry array"), "{e}");
     }
 
     #[test]
@@ -471,12 +347,18 @@ mod tests {
         // Primary 1 grows over the extended partition.
         let mut b = m.clone();
         set32(&mut b, entry(0) + 12, 30_000);
-        assert!(table(&b).layout_error.unwrap().contains("overlap"));
+        assert!(matches!(
+            table(&b).layout_error,
+            Some(LayoutError::Overlap(..))
+        ));
         // Primary 1 past the end of the disk.
         let mut b = m.clone();
         set32(&mut b, entry(0) + 12, 200_000);
         let t = table(&b);
-        assert!(t.layout_error.unwrap().contains("past the end"));
+        assert!(matches!(
+            t.layout_error,
+            Some(LayoutError::PastDiskEnd { .. })
+        ));
         // What is returned is cut at the end of the disk.
         assert!(
             t.partitions
@@ -493,14 +375,20 @@ mod tests {
         set32(&mut b, ebr + 446 + 12, 60_000);
         let e = table(&b).layout_error.unwrap();
         assert!(
-            e.contains("outside its extended") || e.contains("past the end"),
+            matches!(
+                e,
+                LayoutError::OutsideExtended(..) | LayoutError::LogicalPastEnd(_)
+            ),
             "{e}"
         );
         // The logical partition over its own EBR.
         let mut b = m.clone();
         set32(&mut b, ebr + 446 + 8, 0);
         let e = table(&b).layout_error.unwrap();
-        assert!(e.contains("extended boot record"), "{e}");
+        assert!(
+            matches!(e, LayoutError::OverTable(_, "an extended boot record")),
+            "{e}"
+        );
     }
 
     #[test]

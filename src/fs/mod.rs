@@ -46,8 +46,11 @@ impl Region<'_> {
     }
 }
 
-/// Why a filesystem's free space is not used.
-#[derive(Debug)]
+/// Why a filesystem's free space is not used. `unclean` separates a
+/// filesystem that needs its own repair tool (`fs` names it) from one
+/// vmfinal cannot read; the message says which check failed.
+#[derive(Debug, thiserror::Error)]
+#[error("{msg}")]
 pub struct FsError {
     pub fs: Option<String>,
     pub unclean: bool,

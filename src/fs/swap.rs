@@ -108,21 +108,41 @@ fn foreign(r: &Region) -> Option<&'static str> {
     checks.iter().find(|c| c.0).map(|c| c.1)
 }
 
-/// Any swap-family signature: (offset of the signature's page size, text).
-fn swap_family(r: &Region) -> Vec<(u64, &'static str)> {
+/// A swap-family signature.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Sig {
+    SwapV1,
+    SwapV0,
+    Hibernation,
+    TuxOnIce,
+}
+
+impl std::fmt::Display for Sig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Sig::SwapV1 => "swap v1",
+            Sig::SwapV0 => "swap v0",
+            Sig::Hibernation => "hibernation image",
+            Sig::TuxOnIce => "TuxOnIce hibernation image",
+        })
+    }
+}
+
+/// Any swap-family signature: (offset of the signature's page size, which).
+fn swap_family(r: &Region) -> Vec<(u64, Sig)> {
     let mut out = Vec::new();
     for &p in &PAGE_SIZES {
         let off = p - SIG_LEN;
         if at(r, off, SWAP_V1) {
-            out.push((p, "swap v1"));
+            out.push((p, Sig::SwapV1));
         } else if at(r, off, SWAP_V0) {
-            out.push((p, "swap v0"));
+            out.push((p, Sig::SwapV0));
         } else if HIBERNATION.iter().any(|h| at(r, off, h)) {
-            out.push((p, "hibernation image"));
+            out.push((p, Sig::Hibernation));
         }
     }
     if at(r, 0, TUXONICE) {
-        out.push((0, "TuxOnIce hibernation image"));
+        out.push((0, Sig::TuxOnIce));
     }
     out
 }
@@ -135,12 +155,15 @@ fn classify(r: &Region) -> Option<Kind> {
         // Nothing, or a stale swap signature over something else.
         return None;
     }
-    if let Some((_, what)) = sigs.iter().find(|s| s.1.contains("hibernation")) {
+    if let Some((_, what)) = sigs
+        .iter()
+        .find(|s| matches!(s.1, Sig::Hibernation | Sig::TuxOnIce))
+    {
         return Some(Kind::Keep(format!(
             "holds a {what} (resume would read it): copied whole"
         )));
     }
-    if sigs.len() > 1 || sigs[0] != (PAGE, "swap v1") {
+    if sigs.len() > 1 || sigs[0] != (PAGE, Sig::SwapV1) {
         let list: Vec<String> = sigs
             .iter()
             .map(|(p, w)| format!("{w} for {} KiB pages", p / 1024))

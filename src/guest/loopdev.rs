@@ -4,6 +4,11 @@
 //! last user (our descriptor, the mount) is gone, so even a SIGKILL leaves
 //! none behind. Each device is tagged `vmfinal:PID` in its `lo_file_name`,
 //! which `vmfinal cleanup` looks for.
+//!
+//! Hand-written rather than the `loopdev` crate: that one binds the kernel
+//! headers at build time (bindgen, libclang) for the three ioctls and one
+//! struct used here, and vmfinal needs `LOOP_CONFIGURE` with autoclear,
+//! read-only devices and its own tag in one call.
 
 use std::fs::{File, OpenOptions};
 use std::io;
@@ -120,6 +125,7 @@ impl LoopDevice {
                         }
                         return Err(e);
                     }
+                    // SAFETY: `info` is a live LoopInfo64 the kernel only reads; `dev` is an open loop device.
                     if unsafe {
                         libc::ioctl(
                             dev.as_raw_fd(),
@@ -129,6 +135,7 @@ impl LoopDevice {
                     } != 0
                     {
                         let e = io::Error::last_os_error();
+                        // SAFETY: plain ioctl on our own loop device with an integer argument.
                         unsafe { libc::ioctl(dev.as_raw_fd(), LOOP_CLR_FD, 0) };
                         return Err(e);
                     }

@@ -4,10 +4,17 @@
 //! guest content can name a host path. Magic links (`/proc/*/fd`) are never
 //! followed. The last component of a path that is deleted or truncated is
 //! never followed at all.
+//!
+//! The system calls go through `rustix` (openat2 with its resolve flags,
+//! fstatat, a directory iteration that reports read errors, unlinkat,
+//! renameat, symlinkat, mkdirat, fchmod/fchown, ftruncate); the one
+//! `unsafe` left borrows a raw descriptor the caller holds open.
 
-use std::ffi::{CString, OsStr, OsString};
+use rustix::fs::{self as rfs, AtFlags, Mode, OFlags, ResolveFlags};
+use rustix::io::Errno;
+use std::ffi::{OsStr, OsString};
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::{Path, PathBuf};
 
@@ -33,96 +40,63 @@ impl Stat {
     pub fn is_symlink(&self) -> bool {
         self.mode & libc::S_IFMT == libc::S_IFLNK
     }
-    fn from(st: &libc::stat) -> Self {
+    fn from(st: &rfs::Stat) -> Self {
         Self {
             mode: st.st_mode,
             dev: st.st_dev,
             ino: st.st_ino,
             nlink: st.st_nlink,
-            size: st.st_size as u64,
-            allocated: (st.st_blocks as u64).saturating_mul(512),
+            size: u64::try_from(st.st_size).unwrap_or(0),
+            allocated: u64::try_from(st.st_blocks).unwrap_or(0).saturating_mul(512),
         }
     }
 }
 
-fn cstr(b: &[u8]) -> io::Result<CString> {
-    CString::new(b).map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in path"))
+/// The descriptor `dirfd` names, or the working directory for `AT_FDCWD`.
+fn dir_fd<'a>(dirfd: RawFd) -> BorrowedFd<'a> {
+    if dirfd == libc::AT_FDCWD {
+        return rfs::CWD;
+    }
+    // SAFETY: every caller passes a descriptor it holds open (an `OwnedFd`'s
+    // `as_raw_fd()` or `GuestRoot::fd()`) for the whole call that borrows it.
+    unsafe { BorrowedFd::borrow_raw(dirfd) }
 }
 
-/// `openat2(dirfd, path, flags, resolve)`.
+/// `openat2(dirfd, path, flags, resolve)`, with `O_CLOEXEC`; retried on
+/// EAGAIN (a rename raced the lookup) and EINTR.
 pub fn openat2(dirfd: RawFd, path: &[u8], flags: i32, resolve: u64) -> io::Result<OwnedFd> {
-    let p = cstr(path)?;
-    // SAFETY: open_how is plain data; zeroed is a valid value.
-    let mut how: libc::open_how = unsafe { std::mem::zeroed() };
-    how.flags = (flags | libc::O_CLOEXEC) as u64;
-    how.resolve = resolve;
+    let oflags = OFlags::from_bits_retain(flags as u32) | OFlags::CLOEXEC;
+    let resolve = ResolveFlags::from_bits_retain(resolve);
     loop {
-        // SAFETY: valid pointers for the duration of the call.
-        let r = unsafe {
-            libc::syscall(
-                libc::SYS_openat2,
-                dirfd,
-                p.as_ptr(),
-                &how as *const libc::open_how,
-                std::mem::size_of::<libc::open_how>(),
-            )
-        };
-        if r >= 0 {
-            // SAFETY: the kernel returned a new descriptor we own.
-            return Ok(unsafe { OwnedFd::from_raw_fd(r as RawFd) });
-        }
-        let e = io::Error::last_os_error();
-        if e.raw_os_error() != Some(libc::EAGAIN) && e.raw_os_error() != Some(libc::EINTR) {
-            return Err(e);
+        match rfs::openat2(dir_fd(dirfd), path, oflags, Mode::empty(), resolve) {
+            Ok(fd) => return Ok(fd),
+            Err(Errno::AGAIN | Errno::INTR) => continue,
+            Err(e) => return Err(e.into()),
         }
     }
 }
 
 /// `fstatat(dirfd, name, AT_SYMLINK_NOFOLLOW)`; an empty name stats `dirfd`.
 pub fn lstat_at(dirfd: RawFd, name: &[u8]) -> io::Result<Stat> {
-    let p = cstr(name)?;
-    // SAFETY: zeroed stat is valid; pointers live through the call.
-    let mut st: libc::stat = unsafe { std::mem::zeroed() };
     let flags = if name.is_empty() {
-        libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW
+        AtFlags::EMPTY_PATH | AtFlags::SYMLINK_NOFOLLOW
     } else {
-        libc::AT_SYMLINK_NOFOLLOW
+        AtFlags::SYMLINK_NOFOLLOW
     };
-    let r = unsafe { libc::fstatat(dirfd, p.as_ptr(), &mut st, flags) };
-    if r != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(Stat::from(&st))
+    Ok(Stat::from(&rfs::statat(dir_fd(dirfd), name, flags)?))
 }
 
-/// Names in a directory (no `.`/`..`), sorted.
+/// Names in a directory (no `.`/`..`), sorted. An error while reading the
+/// directory is an error, not the end of the listing.
 pub fn list_dir(dirfd: RawFd) -> io::Result<Vec<OsString>> {
-    // Duplicate: fdopendir takes ownership of its descriptor.
-    let dup = unsafe { libc::fcntl(dirfd, libc::F_DUPFD_CLOEXEC, 0) };
-    if dup < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: dup is a fresh descriptor; fdopendir owns it from here.
-    let dir = unsafe { libc::fdopendir(dup) };
-    if dir.is_null() {
-        let e = io::Error::last_os_error();
-        unsafe { libc::close(dup) };
-        return Err(e);
-    }
-    unsafe { libc::rewinddir(dir) };
     let mut out = Vec::new();
-    loop {
-        // SAFETY: dir is a valid DIR*; the entry is copied before the next call.
-        let ent = unsafe { libc::readdir64(dir) };
-        if ent.is_null() {
-            break;
-        }
-        let name = unsafe { std::ffi::CStr::from_ptr((*ent).d_name.as_ptr()) }.to_bytes();
+    for ent in rfs::Dir::read_from(dir_fd(dirfd))? {
+        let ent = ent?;
+        let name = ent.file_name().to_bytes();
         if name != b"." && name != b".." {
             out.push(OsString::from_vec(name.to_vec()));
         }
     }
-    unsafe { libc::closedir(dir) };
     out.sort();
     Ok(out)
 }
@@ -253,13 +227,12 @@ impl GuestRoot {
     pub fn remove(&self, path: &Path, dir: bool) -> io::Result<()> {
         let (parent, name) = split(path);
         let d = self.open_dir_strict(parent)?;
-        let n = cstr(name)?;
-        let flags = if dir { libc::AT_REMOVEDIR } else { 0 };
-        // SAFETY: valid descriptor and C string.
-        if unsafe { libc::unlinkat(d.as_raw_fd(), n.as_ptr(), flags) } != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(())
+        let flags = if dir {
+            AtFlags::REMOVEDIR
+        } else {
+            AtFlags::empty()
+        };
+        Ok(rfs::unlinkat(&d, name, flags)?)
     }
 
     /// Truncates a regular file to zero bytes, keeping its inode: owner,
@@ -280,11 +253,7 @@ impl GuestRoot {
                 "not a regular file",
             ));
         }
-        // SAFETY: valid descriptor.
-        if unsafe { libc::ftruncate(fd.as_raw_fd(), 0) } != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(())
+        Ok(rfs::ftruncate(&fd, 0)?)
     }
 
     /// Creates or replaces a regular file with `content` and `mode`, owned
@@ -303,8 +272,8 @@ impl GuestRoot {
         let fd = match fd {
             Ok(f) => f,
             Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {
-                let t = cstr(&tmp)?;
-                unsafe { libc::unlinkat(d.as_raw_fd(), t.as_ptr(), 0) };
+                // A leftover of an earlier run: replaced.
+                let _ = rfs::unlinkat(&d, tmp.as_slice(), AtFlags::empty());
                 openat2(
                     d.as_raw_fd(),
                     &tmp,
@@ -314,20 +283,14 @@ impl GuestRoot {
             }
             Err(e) => return Err(e),
         };
-        // SAFETY: valid descriptor.
-        unsafe {
-            libc::fchmod(fd.as_raw_fd(), mode);
-            libc::fchown(fd.as_raw_fd(), 0, 0);
-        }
+        rfs::fchmod(&fd, Mode::from_bits_retain(mode))?;
+        rfs::fchown(&fd, Some(rfs::Uid::ROOT), Some(rfs::Gid::ROOT))?;
         let mut f = std::fs::File::from(fd);
         f.write_all(content)?;
         f.sync_all()?;
-        let (t, n) = (cstr(&tmp)?, cstr(name)?);
-        // SAFETY: same directory descriptor for both names.
-        if unsafe { libc::renameat(d.as_raw_fd(), t.as_ptr(), d.as_raw_fd(), n.as_ptr()) } != 0 {
-            let e = io::Error::last_os_error();
-            unsafe { libc::unlinkat(d.as_raw_fd(), t.as_ptr(), 0) };
-            return Err(e);
+        if let Err(e) = rfs::renameat(&d, tmp.as_slice(), &d, name) {
+            let _ = rfs::unlinkat(&d, tmp.as_slice(), AtFlags::empty());
+            return Err(e.into());
         }
         Ok(())
     }
@@ -336,7 +299,6 @@ impl GuestRoot {
     pub fn symlink(&self, path: &Path, target: &[u8]) -> io::Result<()> {
         let (parent, name) = split(path);
         let d = self.open_dir_strict(parent)?;
-        let (t, n) = (cstr(target)?, cstr(name)?);
         if let Ok(st) = lstat_at(d.as_raw_fd(), name) {
             if !st.is_symlink() {
                 return Err(io::Error::new(
@@ -344,13 +306,9 @@ impl GuestRoot {
                     "exists and is not a symlink",
                 ));
             }
-            unsafe { libc::unlinkat(d.as_raw_fd(), n.as_ptr(), 0) };
+            let _ = rfs::unlinkat(&d, name, AtFlags::empty());
         }
-        // SAFETY: valid strings and descriptor.
-        if unsafe { libc::symlinkat(t.as_ptr(), d.as_raw_fd(), n.as_ptr()) } != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(())
+        Ok(rfs::symlinkat(target, &d, name)?)
     }
 
     /// Creates a directory (and missing parents) with `mode`, strictly.
@@ -363,13 +321,9 @@ impl GuestRoot {
                 continue;
             }
             let d = self.open_dir_strict(parent.as_os_str().as_bytes())?;
-            let n = cstr(c.as_os_str().as_bytes())?;
-            // SAFETY: valid descriptor and C string.
-            if unsafe { libc::mkdirat(d.as_raw_fd(), n.as_ptr(), mode) } != 0 {
-                let e = io::Error::last_os_error();
-                if e.raw_os_error() != Some(libc::EEXIST) {
-                    return Err(e);
-                }
+            match rfs::mkdirat(&d, c.as_os_str().as_bytes(), Mode::from_bits_retain(mode)) {
+                Ok(()) | Err(Errno::EXIST) => {}
+                Err(e) => return Err(e.into()),
             }
         }
         Ok(())

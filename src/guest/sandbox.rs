@@ -39,8 +39,19 @@ use std::process::{Command, Stdio};
 
 use super::loopdev::LoopDevice;
 use super::root::openat2;
-use crate::profile::plan::{OUTPUT_CUT, Sandbox};
 use fs::DevSpec;
+
+/// Runs a command inside the guest in fresh namespaces. Defined beside its
+/// one implementation (`GuestSandbox`); profile planning takes it as
+/// `&dyn Sandbox`, so a dry run needs none.
+pub trait Sandbox {
+    /// Runs `argv` chrooted into the guest; returns (status ok, combined
+    /// output). Output past a cap keeps its end and starts with `OUTPUT_CUT`.
+    fn run(&self, argv: &[&str]) -> io::Result<(bool, String)>;
+}
+
+/// The first line of a sandbox output whose beginning was cut.
+pub const OUTPUT_CUT: &str = "[vmfinal: output cut]\n";
 
 /// The environment commands get.
 const ENV: &[(&str, &str)] = &[
@@ -244,8 +255,8 @@ fn cloexec_from_3() -> io::Result<()> {
 /// not dumpable (its /proc entries are closed to guest code), seccomp.
 fn harden() -> io::Result<()> {
     cloexec_from_3()?;
-    // SAFETY: plain prctl with integer arguments.
     check(
+        // SAFETY: plain prctl with integer arguments.
         unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) },
         "PR_SET_DUMPABLE",
     )?;
@@ -278,6 +289,7 @@ pub fn init(a: &SandboxArgs) -> anyhow::Result<i32> {
     fs::prepare(&root, &devs)?;
     // SAFETY: plain syscalls on our descriptor and a static string.
     check(unsafe { libc::fchdir(root.as_raw_fd()) }, "fchdir")?;
+    // SAFETY: a static NUL-terminated string.
     check(unsafe { libc::chroot(c".".as_ptr()) }, "chroot")?;
     drop(root);
     std::env::set_current_dir(Path::new("/"))?;

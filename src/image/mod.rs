@@ -34,7 +34,8 @@ pub const MAX_VIRTUAL_SIZE: u64 = 1 << 62;
 pub const SECTOR: u64 = 512;
 
 /// The image formats vmfinal reads and writes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, clap::ValueEnum)]
+/// (Its command-line spelling: `commands::value_enums`.)
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ImageFormat {
     Raw,
@@ -293,7 +294,7 @@ pub fn open_inspect(path: &Path, forced: Option<ImageFormat>) -> Result<Opened> 
                 });
             }
         }
-        crate::report::note(&format!(
+        crate::text::note(&format!(
             "{}: the name does not say the format; read as {format} (probed; --format chooses)",
             path.display()
         ));

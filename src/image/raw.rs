@@ -1,8 +1,9 @@
 //! Raw images: the file is the guest disk. Holes are found with
 //! SEEK_DATA/SEEK_HOLE and are never read.
 
+use rustix::fs::{SeekFrom, seek};
+use rustix::io::Errno;
 use std::fs::File;
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
@@ -37,32 +38,21 @@ impl RawImage {
 /// Data ranges of a file by SEEK_DATA/SEEK_HOLE. Falls back to "all data"
 /// where the filesystem does not support the calls.
 pub fn seek_data_extents(file: &File, size: u64) -> std::io::Result<Vec<Extent>> {
-    let fd = file.as_raw_fd();
     let mut out = Vec::new();
     let mut pos: u64 = 0;
     while pos < size {
-        // SAFETY: lseek on a valid, owned fd has no memory effects.
-        let data = unsafe { libc::lseek(fd, pos as libc::off_t, libc::SEEK_DATA) };
-        if data < 0 {
-            let err = std::io::Error::last_os_error();
-            match err.raw_os_error() {
-                Some(libc::ENXIO) => break, // no data past pos
-                Some(libc::EINVAL) | Some(libc::EOPNOTSUPP) => {
-                    return Ok(vec![Extent::new(pos, size - pos)]);
-                }
-                _ => return Err(err),
+        let data = match seek(file, SeekFrom::Data(pos)) {
+            Ok(d) => d,
+            Err(Errno::NXIO) => break, // no data past pos
+            Err(Errno::INVAL | Errno::OPNOTSUPP) => {
+                return Ok(vec![Extent::new(pos, size - pos)]);
             }
-        }
-        let data = data as u64;
+            Err(e) => return Err(e.into()),
+        };
         if data >= size {
             break;
         }
-        // SAFETY: as above.
-        let hole = unsafe { libc::lseek(fd, data as libc::off_t, libc::SEEK_HOLE) };
-        if hole < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        let hole = (hole as u64).min(size);
+        let hole = seek(file, SeekFrom::Hole(data))?.min(size);
         out.push(Extent::new(data, hole - data));
         pos = hole;
     }

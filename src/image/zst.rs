@@ -12,6 +12,13 @@
 //! Limits, checked before anything is allocated: a frame holds at most
 //! `MAX_FRAME_BYTES` (so vmfinal's own files are always readable within a
 //! bounded amount of memory), a file at most `MAX_FRAMES` frames.
+//!
+//! Hand-written rather than a seekable-zstd crate: the frames are
+//! compressed by the pipeline's workers and handed over in order, and the
+//! reader must refuse a seek table against these limits before it allocates
+//! anything, then read frames in parallel through any `BlockSource`. The
+//! format itself is the few lines of layout above; the compression is the
+//! `zstd` crate.
 
 use std::collections::HashMap;
 use std::fs::File;

@@ -13,8 +13,7 @@ use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use super::{OutputError, TempOutput};
-use crate::commands::output_args::is_stdio;
+use super::{OutputError, TempOutput, is_stdio};
 
 /// Set once a stream to stdout has started.
 static STREAMING: AtomicBool = AtomicBool::new(false);

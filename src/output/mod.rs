@@ -11,6 +11,14 @@ pub mod raw;
 use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
 
+/// The name that means stdin (as input) or stdout (as output).
+pub const STDIO: &str = "-";
+
+/// True if `p` is `-`.
+pub fn is_stdio(p: &Path) -> bool {
+    p.as_os_str() == STDIO
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum OutputError {
     #[error("{0}: already exists (use --force to overwrite)")]
@@ -127,7 +135,7 @@ impl TempOutput {
     pub fn create(target: &Path, force: bool) -> Result<Self, OutputError> {
         check_target(target, force)?;
         for p in sweep_stale_temps(target) {
-            crate::report::note(&format!(
+            crate::text::note(&format!(
                 "removed {}, left by a vmfinal run that was killed",
                 p.display()
             ));

@@ -3,6 +3,12 @@
 //! (zero or more directories). `*` and `?` also match names that start with
 //! a dot: a cleanup that says `/tmp/*` means every entry. They never match
 //! `/`.
+//!
+//! Hand-written rather than `glob`/`globset`: matching runs one component
+//! at a time against directories opened inside the guest root (openat2), on
+//! bytes rather than UTF-8 paths, with `*` matching dot names, and with the
+//! bounds a profile from anywhere needs (length, alternatives, `**` count);
+//! the crates walk host paths or match whole strings.
 
 use std::ffi::{OsStr, OsString};
 use std::os::unix::ffi::OsStrExt;
@@ -45,26 +51,58 @@ const MAX_BRACES: usize = 64;
 /// Most `**` components in one glob (each multiplies the walk).
 pub const MAX_ANY_DIRS: usize = 8;
 
+/// Why a pattern is not a glob; each names the pattern (or the brace
+/// alternative) it was found in.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum GlobError {
+    #[error("a glob of {0} bytes is longer than {MAX_PATTERN}")]
+    TooLong(usize),
+    #[error("glob '{0}': more than {MAX_BRACES} '{{'")]
+    TooManyBraces(String),
+    #[error("glob '{0}': '}}' without '{{'")]
+    CloseBrace(String),
+    #[error("glob '{0}': '{{' is never closed")]
+    OpenBrace(String),
+    #[error("glob '{0}': more than {MAX_ALTERNATIVES} alternatives")]
+    TooManyAlternatives(String),
+    #[error("glob '{0}': '**' must be a whole path component, as in /a/**/b")]
+    AnyDirsInName(String),
+    #[error("glob '{0}': trailing '\\'")]
+    TrailingBackslash(String),
+    #[error("glob '{0}': '[' is never closed")]
+    OpenClass(String),
+    #[error("glob '{0}': bad range in class")]
+    BadRange(String),
+    #[error("glob '{0}': ']' without '['")]
+    CloseClass(String),
+    #[error("glob '{0}' must be an absolute guest path (start with /)")]
+    NotAbsolute(String),
+    #[error("glob '{0}': '.' and '..' components are not allowed")]
+    DotComponent(String),
+    #[error("glob '{0}': more than {MAX_ANY_DIRS} '**' components")]
+    TooManyAnyDirs(String),
+    #[error("glob '{0}' names the guest root itself")]
+    WholeRoot(String),
+}
+
 /// Expands `{a,b}` alternatives (nested allowed) into plain patterns.
-fn expand_braces(p: &str) -> Result<Vec<String>, String> {
+fn expand_braces(p: &str) -> Result<Vec<String>, GlobError> {
     if p.bytes().filter(|&c| c == b'{').count() > MAX_BRACES {
-        return Err(format!("glob '{p}': more than {MAX_BRACES} '{{'"));
+        return Err(GlobError::TooManyBraces(p.into()));
     }
     let mut out = Vec::new();
     expand_braces_into(p, &mut out)?;
     Ok(out)
 }
 
-fn expand_braces_into(p: &str, out: &mut Vec<String>) -> Result<(), String> {
+fn expand_braces_into(p: &str, out: &mut Vec<String>) -> Result<(), GlobError> {
     let b = p.as_bytes();
     let Some(open) = b.iter().position(|&c| c == b'{') else {
         if b.contains(&b'}') {
-            return Err(format!("glob '{p}': '}}' without '{{'"));
+            return Err(GlobError::CloseBrace(p.into()));
         }
         if out.len() >= MAX_ALTERNATIVES {
-            return Err(format!(
-                "glob '{p}': more than {MAX_ALTERNATIVES} alternatives"
-            ));
+            return Err(GlobError::TooManyAlternatives(p.into()));
         }
         out.push(p.to_string());
         return Ok(());
@@ -86,7 +124,7 @@ fn expand_braces_into(p: &str, out: &mut Vec<String>) -> Result<(), String> {
             _ => {}
         }
     }
-    let close = close.ok_or_else(|| format!("glob '{p}': '{{' is never closed"))?;
+    let close = close.ok_or_else(|| GlobError::OpenBrace(p.into()))?;
     let mut cuts = vec![open];
     cuts.extend(&commas);
     cuts.push(close);
@@ -97,14 +135,12 @@ fn expand_braces_into(p: &str, out: &mut Vec<String>) -> Result<(), String> {
     Ok(())
 }
 
-fn compile_component(c: &str, whole: &str) -> Result<Segment, String> {
+fn compile_component(c: &str, whole: &str) -> Result<Segment, GlobError> {
     if c == "**" {
         return Ok(Segment::AnyDirs);
     }
     if c.contains("**") {
-        return Err(format!(
-            "glob '{whole}': '**' must be a whole path component, as in /a/**/b"
-        ));
+        return Err(GlobError::AnyDirsInName(whole.into()));
     }
     if !c.contains(['*', '?', '[', ']', '\\']) {
         return Ok(Segment::Literal(OsString::from(c)));
@@ -120,7 +156,7 @@ fn compile_component(c: &str, whole: &str) -> Result<Segment, String> {
                 i += 1;
                 let &e = b
                     .get(i)
-                    .ok_or_else(|| format!("glob '{whole}': trailing '\\'"))?;
+                    .ok_or_else(|| GlobError::TrailingBackslash(whole.into()))?;
                 toks.push(Token::Byte(e));
             }
             b'[' => {
@@ -132,9 +168,7 @@ fn compile_component(c: &str, whole: &str) -> Result<Segment, String> {
                 let mut ranges = Vec::new();
                 let mut first = true;
                 loop {
-                    let &c0 = b
-                        .get(j)
-                        .ok_or_else(|| format!("glob '{whole}': '[' is never closed"))?;
+                    let &c0 = b.get(j).ok_or_else(|| GlobError::OpenClass(whole.into()))?;
                     if c0 == b']' && !first {
                         break;
                     }
@@ -142,7 +176,7 @@ fn compile_component(c: &str, whole: &str) -> Result<Segment, String> {
                     if b.get(j + 1) == Some(&b'-') && b.get(j + 2).is_some_and(|&e| e != b']') {
                         let hi = b[j + 2];
                         if hi < c0 {
-                            return Err(format!("glob '{whole}': bad range in class"));
+                            return Err(GlobError::BadRange(whole.into()));
                         }
                         ranges.push((c0, hi));
                         j += 3;
@@ -154,7 +188,7 @@ fn compile_component(c: &str, whole: &str) -> Result<Segment, String> {
                 toks.push(Token::Class(ranges, neg));
                 i = j;
             }
-            b']' => return Err(format!("glob '{whole}': ']' without '['")),
+            b']' => return Err(GlobError::CloseClass(whole.into())),
             x => toks.push(Token::Byte(x)),
         }
         i += 1;
@@ -174,19 +208,14 @@ fn compile_component(c: &str, whole: &str) -> Result<Segment, String> {
 
 /// Compiles a pattern into one glob per brace alternative. Errors name the
 /// pattern and what is wrong with it.
-pub fn compile(p: &str) -> Result<Vec<Glob>, String> {
+pub fn compile(p: &str) -> Result<Vec<Glob>, GlobError> {
     if p.len() > MAX_PATTERN {
-        return Err(format!(
-            "a glob of {} bytes is longer than {MAX_PATTERN}",
-            p.len()
-        ));
+        return Err(GlobError::TooLong(p.len()));
     }
     let mut out = Vec::new();
     for alt in expand_braces(p)? {
         if !alt.starts_with('/') {
-            return Err(format!(
-                "glob '{p}' must be an absolute guest path (start with /)"
-            ));
+            return Err(GlobError::NotAbsolute(p.into()));
         }
         let mut segments = Vec::new();
         for c in alt.split('/').skip(1) {
@@ -195,9 +224,7 @@ pub fn compile(p: &str) -> Result<Vec<Glob>, String> {
                 continue;
             }
             if c == "." || c == ".." {
-                return Err(format!(
-                    "glob '{p}': '.' and '..' components are not allowed"
-                ));
+                return Err(GlobError::DotComponent(p.into()));
             }
             let seg = compile_component(c, p)?;
             // `/**/**/` means the same as `/**/`.
@@ -207,12 +234,10 @@ pub fn compile(p: &str) -> Result<Vec<Glob>, String> {
             segments.push(seg);
         }
         if segments.iter().filter(|s| **s == Segment::AnyDirs).count() > MAX_ANY_DIRS {
-            return Err(format!(
-                "glob '{p}': more than {MAX_ANY_DIRS} '**' components"
-            ));
+            return Err(GlobError::TooManyAnyDirs(p.into()));
         }
         if segments.is_empty() {
-            return Err(format!("glob '{p}' names the guest root itself"));
+            return Err(GlobError::WholeRoot(p.into()));
         }
         out.push(Glob {
             text: alt,

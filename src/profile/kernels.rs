@@ -25,9 +25,10 @@ use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
-use super::plan::{Ctx, OUTPUT_CUT, Sandbox};
+use super::ctx::{Ctx, MAX_DEPTH, output_tail};
 use super::version;
 use crate::guest::root::{self, GuestRoot, Stat};
+use crate::guest::sandbox::{OUTPUT_CUT, Sandbox};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
@@ -211,7 +212,7 @@ fn collect_tree(
     depth: usize,
 ) {
     // Deeper than planning goes: left alone (and its ancestors stay).
-    if depth > super::plan::MAX_DEPTH {
+    if depth > MAX_DEPTH {
         return;
     }
     let Some((path, st)) = canon(root, p) else {
@@ -497,7 +498,7 @@ pub fn execute(
         // Between calls, never during one: dpkg/rpm finish the package they
         // are working on.
         if crate::interrupt::requested() {
-            anyhow::bail!(crate::pipeline::PipelineError::Interrupted);
+            anyhow::bail!(crate::interrupt::Interrupted);
         }
         let mut argv: Vec<&str> = match plan.backend {
             Backend::Dpkg => vec!["dpkg", "--purge"],
@@ -509,12 +510,12 @@ pub fn execute(
             anyhow::bail!(
                 "removing kernel {kver} failed ({}): {}",
                 argv[..2].join(" "),
-                super::plan::output_tail(&out, 3)
+                output_tail(&out, 3)
             );
         }
     }
     if crate::interrupt::requested() {
-        anyhow::bail!(crate::pipeline::PipelineError::Interrupted);
+        anyhow::bail!(crate::interrupt::Interrupted);
     }
     for p in &plan.sweep {
         if let Ok(st) = root.lstat(p.as_os_str().as_bytes()) {

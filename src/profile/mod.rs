@@ -1,6 +1,7 @@
 //! Cleanup profiles: the YAML schema, the built-ins, selection, planning
 //! (the dry run) and execution.
 
+pub mod ctx;
 pub mod glob;
 pub mod kernels;
 pub mod plan;
@@ -201,7 +202,7 @@ impl Registry {
 /// globs) — any input gives `Ok` or `Err`, never a panic, in bounded time
 /// and memory.
 pub fn check_text(text: &str, paths: &[&[u8]]) -> Result<usize, String> {
-    let p = schema::parse(text, "fuzz")?;
+    let p = schema::parse(text, "fuzz").map_err(|e| e.to_string())?;
     let mut texts: Vec<&str> = Vec::new();
     for c in p
         .applies_if
@@ -222,7 +223,7 @@ pub fn check_text(text: &str, paths: &[&[u8]]) -> Result<usize, String> {
     let mut n = 0;
     for t in texts {
         for e in schema::expand_vars(t, &p.vars)? {
-            for g in glob::compile(&e)? {
+            for g in glob::compile(&e).map_err(|e| e.to_string())? {
                 for path in paths {
                     n += usize::from(g.matches(path));
                     n += usize::from(g.matches_self_or_ancestor(path));
@@ -237,7 +238,7 @@ pub fn check_text(text: &str, paths: &[&[u8]]) -> Result<usize, String> {
 pub fn load_file(path: &Path) -> anyhow::Result<Profile> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| anyhow::anyhow!("cannot read profile {}: {e}", path.display()))?;
-    schema::parse(&text, &path.display().to_string()).map_err(|e| anyhow::anyhow!(e))
+    Ok(schema::parse(&text, &path.display().to_string())?)
 }
 
 #[cfg(test)]

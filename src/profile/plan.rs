@@ -21,10 +21,12 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
+pub use super::ctx::{Ctx, MAX_DEPTH, output_tail, printable};
 use super::glob::{self, Glob, Segment};
 use super::kernels;
 use super::schema::{self, Action, Condition, Count, Profile};
 use crate::guest::root::{self, GuestRoot, Stat};
+pub use crate::guest::sandbox::{OUTPUT_CUT, Sandbox};
 
 /// What a planned action does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, PartialOrd, Ord)]
@@ -57,7 +59,7 @@ pub struct StepPlan {
     pub remove_packages: Vec<String>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub keep_packages: Vec<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    /// Why the step did nothing (null when it acted).
     pub note: Option<String>,
     #[serde(skip)]
     pub(crate) kernel: Option<kernels::KernelPlan>,
@@ -91,7 +93,7 @@ pub struct ProfilePlan {
     pub name: String,
     pub description: String,
     pub applicable: bool,
-    #[serde(skip_serializing_if = "Option::is_none")]
+    /// Why the profile does not apply (null when it does).
     pub reason: Option<String>,
     pub steps: Vec<StepPlan>,
     /// Bytes the planned actions free (allocated blocks).
@@ -108,49 +110,6 @@ impl ProfilePlan {
     }
 }
 
-/// What planning and running need.
-pub struct Ctx<'a> {
-    pub root: &'a GuestRoot,
-    /// `run` steps allowed (--allow-run).
-    pub allow_run: bool,
-    /// Runs commands chrooted in the guest (None: no privileged sandbox).
-    pub sandbox: Option<&'a dyn Sandbox>,
-}
-
-/// Runs a command inside the guest in fresh namespaces.
-pub trait Sandbox {
-    /// Runs `argv` chrooted into the guest; returns (status ok, combined
-    /// output). Output past a cap keeps its end and starts with `OUTPUT_CUT`.
-    fn run(&self, argv: &[&str]) -> io::Result<(bool, String)>;
-}
-
-/// The first line of a sandbox output whose beginning was cut.
-pub const OUTPUT_CUT: &str = "[vmfinal: output cut]\n";
-
-/// The last `n` lines of guest output as one line, with control characters
-/// escaped (guest output must not drive the user's terminal).
-pub fn output_tail(out: &str, n: usize) -> String {
-    let lines: Vec<&str> = out.lines().filter(|l| !l.trim().is_empty()).collect();
-    let tail = &lines[lines.len().saturating_sub(n)..];
-    tail.iter()
-        .map(|l| printable(l))
-        .collect::<Vec<_>>()
-        .join(" / ")
-}
-
-/// `s` with control characters escaped.
-pub fn printable(s: &str) -> String {
-    let mut o = String::with_capacity(s.len());
-    for c in s.chars() {
-        if c.is_control() {
-            o.extend(c.escape_default());
-        } else {
-            o.push(c);
-        }
-    }
-    o
-}
-
 /// A matched entry.
 #[derive(Debug, Clone)]
 pub struct Entry {
@@ -163,12 +122,6 @@ fn join(dir: &Path, name: &OsStr) -> PathBuf {
     p.push(name);
     p
 }
-
-/// Deepest directory level below a glob's literal prefix that planning
-/// descends to (a guest's nesting must not exhaust the stack or the
-/// descriptor table); deeper entries are left alone, and their ancestors
-/// stay.
-pub const MAX_DEPTH: usize = 256;
 
 fn open_child_dir(dirfd: &OwnedFd, name: &[u8]) -> io::Result<OwnedFd> {
     root::openat2(
@@ -299,7 +252,7 @@ fn globs(
     let mut out = Vec::new();
     for t in texts {
         for e in schema::expand_vars(&t.0, vars)? {
-            out.extend(glob::compile(&e)?);
+            out.extend(glob::compile(&e).map_err(|e| e.to_string())?);
         }
     }
     Ok(out)
@@ -600,7 +553,7 @@ pub fn execute(ctx: &Ctx, plan: &mut ProfilePlan) -> anyhow::Result<()> {
     let t0 = std::time::Instant::now();
     for sp in &mut plan.steps {
         if crate::interrupt::requested() {
-            anyhow::bail!(crate::pipeline::PipelineError::Interrupted);
+            anyhow::bail!(crate::interrupt::Interrupted);
         }
         if let Some(kp) = &sp.kernel {
             if !kp.purge.is_empty() {

@@ -93,7 +93,7 @@ impl TryFrom<String> for PatternText {
     fn try_from(s: String) -> Result<Self, String> {
         // Variables are substituted later; check the rest of the syntax now.
         let probe = substitute_probe(&s)?;
-        glob::compile(&probe)?;
+        glob::compile(&probe).map_err(|e| e.to_string())?;
         Ok(Self(s))
     }
 }
@@ -145,7 +145,9 @@ pub enum Count {
 pub struct WriteSpec {
     pub path: PatternText,
     pub content: String,
-    /// Permission bits, default 0644 (see `FileMode`).
+    /// Mode bits of the written file (permissions and setuid/setgid/sticky,
+    /// at most 07777), given as octal text; `FileMode::DEFAULT` (0644) when
+    /// absent. The file is owned by root. See `FileMode` for the spellings.
     #[serde(default)]
     pub mode: Option<FileMode>,
 }
@@ -318,15 +320,37 @@ impl<'de> Deserialize<'de> for Step {
 /// Largest profile text accepted.
 pub const MAX_PROFILE_BYTES: usize = 1 << 20;
 
+/// Why a profile file is refused; each error reads `ORIGIN[:LINE:COLUMN]: why`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProfileError {
+    #[error("{origin}: {bytes} bytes; a profile may have at most {MAX_PROFILE_BYTES}")]
+    TooLarge { origin: String, bytes: usize },
+    /// The YAML does not parse or does not fit the schema.
+    #[error("{origin}{}: {msg}", at.map(|(l, c)| format!(":{l}:{c}")).unwrap_or_default())]
+    Syntax {
+        origin: String,
+        at: Option<(usize, usize)>,
+        msg: String,
+    },
+    #[error(
+        "{origin}: profile name '{name}' must be lowercase letters, digits, '-' or '_' (and not 'defaults' or 'all')"
+    )]
+    Name { origin: String, name: String },
+    /// The variables, patterns or paths fail `validate`.
+    #[error("{origin}: {why}")]
+    Invalid { origin: String, why: String },
+}
+
 /// Parses a profile; errors read `ORIGIN:LINE:COLUMN: message`. Pure and
 /// total (no panic, bounded recursion and allocation): the fuzz target
 /// calls it on arbitrary text.
-pub fn parse(text: &str, origin: &str) -> Result<Profile, String> {
+pub fn parse(text: &str, origin: &str) -> Result<Profile, ProfileError> {
+    let origin = origin.to_string();
     if text.len() > MAX_PROFILE_BYTES {
-        return Err(format!(
-            "{origin}: {} bytes; a profile may have at most {MAX_PROFILE_BYTES}",
-            text.len()
-        ));
+        return Err(ProfileError::TooLarge {
+            origin,
+            bytes: text.len(),
+        });
     }
     let raw: ProfileRaw = serde_yaml_ng::from_str(text).map_err(|e| {
         let msg = e.to_string();
@@ -335,9 +359,10 @@ pub fn parse(text: &str, origin: &str) -> Result<Profile, String> {
             Some(i) => msg[..i].to_string(),
             None => msg,
         };
-        match e.location() {
-            Some(l) => format!("{origin}:{}:{}: {msg}", l.line(), l.column()),
-            None => format!("{origin}: {msg}"),
+        ProfileError::Syntax {
+            origin: origin.clone(),
+            at: e.location().map(|l| (l.line(), l.column())),
+            msg,
         }
     })?;
     if !raw
@@ -347,10 +372,10 @@ pub fn parse(text: &str, origin: &str) -> Result<Profile, String> {
         || raw.name.is_empty()
         || matches!(raw.name.as_str(), "defaults" | "all")
     {
-        return Err(format!(
-            "{origin}: profile name '{}' must be lowercase letters, digits, '-' or '_' (and not 'defaults' or 'all')",
-            raw.name
-        ));
+        return Err(ProfileError::Name {
+            origin,
+            name: raw.name,
+        });
     }
     let p = Profile {
         name: raw.name,
@@ -359,10 +384,10 @@ pub fn parse(text: &str, origin: &str) -> Result<Profile, String> {
         applies_if: raw.applies_if,
         vars: raw.vars,
         steps: raw.steps,
-        origin: origin.to_string(),
+        origin: origin.clone(),
         source: text.to_string(),
     };
-    validate(&p).map_err(|e| format!("{origin}: {e}"))?;
+    validate(&p).map_err(|why| ProfileError::Invalid { origin, why })?;
     Ok(p)
 }
 
@@ -587,21 +612,24 @@ mod tests {
             "name: x\ndescription: d\nsteps:\n  - delete: [/a]\n    bogus: 1\n",
             "f.yaml",
         )
-        .unwrap_err();
+        .unwrap_err()
+        .to_string();
         assert!(e.starts_with("f.yaml:5:"), "{e}");
         assert!(e.contains("bogus"), "{e}");
         let e = parse(
             "name: x\ndescription: d\nsteps:\n  - delete: [/a, \"/b/[c\"]\n",
             "f.yaml",
         )
-        .unwrap_err();
+        .unwrap_err()
+        .to_string();
         assert!(e.starts_with("f.yaml:4:"), "{e}");
         assert!(e.contains("never closed"), "{e}");
         let e = parse(
             "name: x\ndescription: d\nsteps:\n  - delete: [/a]\n    truncate: [/b]\n",
             "f.yaml",
         )
-        .unwrap_err();
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("exactly one"), "{e}");
     }
 
@@ -630,6 +658,7 @@ mod tests {
             &format!("name: x\ndescription: d\nvars: {vars}\nsteps:\n  - {step}\n"),
             "f.yaml",
         )
+        .map_err(|e| e.to_string())
     }
 
     #[test]
@@ -669,7 +698,8 @@ mod tests {
             "name: x\ndescription: d\nsteps:\n  - delete: ['${dir}/cache/*']\n",
             "f.yaml",
         )
-        .unwrap_err();
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("${dir}, which vars does not declare"), "{e}");
         assert!(!e.contains("absolute"), "{e}");
     }

@@ -29,7 +29,7 @@ pub const INITIAL_CRC: u32 = 0xf597_a6cf;
 /// LVM's CRC: reflected CRC-32 (IEEE polynomial), seed `INITIAL_CRC`, no
 /// final inversion.
 pub fn crc(data: &[u8]) -> u32 {
-    crate::bytes::crc32_reflected_raw(0xEDB8_8320, INITIAL_CRC, data)
+    crate::crc::crc32_ieee_raw(INITIAL_CRC, data)
 }
 
 /// A byte range on the PV (offset from the PV's first byte).

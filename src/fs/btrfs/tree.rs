@@ -21,7 +21,7 @@ const MAX_LEVEL: u8 = 7;
 
 /// CRC-32C, as btrfs stores it (little-endian in the first csum bytes).
 pub fn crc32c(data: &[u8]) -> u32 {
-    crate::bytes::crc32_reflected(0x82F6_3B78, data)
+    crate::fs::crc::crc32c(data)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]

@@ -1,5 +1,10 @@
 //! qcow2: our own strict reader, consistency checker and sequential
-//! compressed writer. See `docs/qcow2.md` for the layout facts we rely on.
+//! compressed writer. The layout is QEMU's specification
+//! (`docs/interop/qcow2.txt` in the QEMU source); `format.rs` holds the
+//! header and table decodings as pure functions.
+//! Hand-written rather than a qcow2 crate: the one there was (qcow2-rs) is
+//! async only, writes no compressed clusters, has no zstd and returned
+//! success on a truncated image (docs/ARCHITECTURE.md, Decisions).
 //!
 //! The reader never opens a backing file or an external data file: images
 //! that need one are refused with an error naming the feature.
@@ -13,7 +18,8 @@ pub mod writer;
 pub use reader::Qcow2Image;
 
 /// Cluster compression of a qcow2 image (header byte 104).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, clap::ValueEnum)]
+/// (Its command-line spelling: `commands::value_enums`.)
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Compression {
     /// Raw deflate with a 4 KiB window: every QEMU reads it.

@@ -24,7 +24,7 @@ use super::format::{
 use crate::extent::{self, Extent};
 use crate::image::host::{HostFile, OsFile, in_hole};
 use crate::image::{BlockSource, ImageError, ImageFormat, MAX_VIRTUAL_SIZE, Result, io_err};
-use crate::report::escape_bytes;
+use crate::text::escape_bytes;
 
 /// Bytes of decoded L2 tables kept in memory.
 const L2_CACHE_BYTES: u64 = 32 << 20;
