@@ -706,6 +706,40 @@ mod tests {
     use super::*;
 
     #[test]
+    fn no_root_names_the_lv() {
+        let lv = Volume {
+            key: "lv-vg-root".into(),
+            name: "LVM logical volume vg/root".into(),
+            partition: 2,
+            lv: Some(volume::LvName {
+                vg: "vg".into(),
+                lv: "root".into(),
+                mapper: "vg-root".into(),
+            }),
+            fs: Some(FsId {
+                kind: "ext4".into(),
+                uuid: "u".into(),
+                label: String::new(),
+            }),
+            mapping: Mapping::Refused(
+                "has 2 segments; vmfinal needs device-mapper to map it, which this host lacks"
+                    .into(),
+            ),
+        };
+        let msg = no_root_reason(&[lv], &[]);
+        assert!(
+            msg.starts_with(
+                "the root filesystem is on LVM logical volume vg/root (ext4), which has 2 segments"
+            ),
+            "{msg}"
+        );
+        assert_eq!(
+            no_root_reason(&[], &[]),
+            "no ext2/3/4, xfs or btrfs filesystem found on the image"
+        );
+    }
+
+    #[test]
     fn fstab_parse() {
         let e = parse_fstab("UUID=x /mnt\\040a ext4 defaults 0 2\n# c\n");
         assert_eq!(e[0].mountpoint, "/mnt a");

@@ -1,0 +1,164 @@
+#!/usr/bin/env bash
+# End to end on a real Debian guest with its root on btrfs subvolumes (run
+# by .ci/run after scripts/e2e.sh, reusing its cached image):
+#   1. the Debian image of scripts/make-debian-image.sh (cached), its root
+#      ext4 rebuilt as btrfs with subvolumes @ (/), @home
+#      (/home), @var (/var) mounted by fstab; btrfs added to the initramfs,
+#      rootflags=subvol=@ in grub.cfg (/boot stays ext4);
+#   2. vmfinal finalize --profiles defaults -> qcow2: the kernels step has
+#      work (two kernels, dpkg --purge of the old one regenerates grub.cfg
+#      in the sandbox); btrfs check --readonly on the expanded artifact, the
+#      cleaned files gone, /home's files intact, one kernel;
+#   3. boot the artifact under TCG to the marker;
+#   4. finalize the artifact again (the kernels step has nothing to do):
+#      btrfs check clean again, and it boots.
+#
+#   scripts/e2e-layouts.sh [--workdir DIR] [--keep]
+# Needs root, btrfs-progs, qemu-system-x86. Two TCG boots of 45-75 s each.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+workdir=/var/tmp
+keep=0
+while [ $# -gt 0 ]; do
+  case $1 in
+    --workdir) workdir=$2; shift 2 ;;
+    --keep) keep=1; shift ;;
+    *) echo "e2e-layouts.sh: unknown option $1" >&2; exit 2 ;;
+  esac
+done
+if ! command -v cargo >/dev/null; then . "$HOME/.cargo/env" 2>/dev/null || true; fi
+cargo build --release --locked -q
+V=$PWD/target/release/vmfinal
+W=$(mktemp -d "$workdir/vmfinal-e2e-layouts.XXXXXX")
+[ "$keep" = 1 ] || trap 'rm -rf "$W"' EXIT
+t() { date +%s.%N; }
+el() { python3 -c "print(f'{$2 - $1:.1f}')"; }
+
+echo "== 1. the Debian guest on btrfs subvolumes"
+scripts/make-debian-image.sh "$W/debian.raw"
+img=$W/btrfs.raw
+mv "$W/debian.raw" "$img"
+# Partition 2 is /boot, 4 the root (see make-debian-image.sh).
+part() { # N -> "OFFSET SIZE" in bytes
+  sfdisk -J "$img" | python3 -c "import json,sys; p=json.load(sys.stdin)['partitiontable']['partitions'][$1-1]; print(p['start']*512, p['size']*512)"
+}
+read -r roff rsize <<< "$(part 4)"
+read -r boff bsize <<< "$(part 2)"
+unshare --mount --pid --fork --kill-child --propagation private bash -euc '
+  img=$1 W=$2 roff=$3 rsize=$4 boff=$5 bsize=$6
+  r=$(losetup -f --show -o "$roff" --sizelimit "$rsize" "$img")
+  b=$(losetup -f --show -o "$boff" --sizelimit "$bsize" "$img")
+  trap "umount -R $W/m 2>/dev/null || true; umount $W/old 2>/dev/null || true; losetup -d $r $b 2>/dev/null || true" EXIT
+  old=$(blkid -s UUID -o value "$r")
+  # A UUID of its own (copies of the cached image may be attached elsewhere).
+  uuid=$(cat /proc/sys/kernel/random/uuid)
+  mkdir -p "$W/old" "$W/m"
+  mount -o ro "$r" "$W/old"
+  tar -C "$W/old" --numeric-owner --xattrs --acls -cf "$W/root.tar" .
+  umount "$W/old"
+  mkfs.btrfs -q -f -U "$uuid" -L root "$r" >/dev/null
+  mount "$r" "$W/m"
+  for s in @ @home @var; do btrfs -q subvolume create "$W/m/$s" >/dev/null; done
+  umount "$W/m"
+  M=$W/m
+  mount -o subvol=@ "$r" "$M"
+  mkdir -p "$M/home" "$M/var" "$M/boot"
+  mount -o subvol=@home "$r" "$M/home"
+  mount -o subvol=@var "$r" "$M/var"
+  tar -C "$M" --numeric-owner --xattrs --acls -xf "$W/root.tar"
+  rm -f "$W/root.tar"
+  python3 - "$M/etc/fstab" "$uuid" <<PY
+import sys
+p, u = sys.argv[1], sys.argv[2]
+out = []
+for l in open(p):
+    f = l.split()
+    if len(f) >= 2 and f[1] in ("/", "/home", "/var") and not l.startswith("#"):
+        if f[1] != "/":
+            continue
+        out.append(f"UUID={u} / btrfs subvol=@ 0 0\n")
+        out.append(f"UUID={u} /home btrfs subvol=@home 0 0\n")
+        out.append(f"UUID={u} /var btrfs subvol=@var 0 0\n")
+    else:
+        out.append(l)
+open(p, "w").write("".join(out))
+PY
+  # Files that must survive in /home.
+  mkdir -p "$M/home/builder/project"
+  head -c 2000000 /dev/urandom > "$M/home/builder/project/data.bin"
+  sha256sum < "$M/home/builder/project/data.bin" > "$W/home.sha"
+  mount "$b" "$M/boot"
+  # The initramfs must mount a btrfs root.
+  echo btrfs >> "$M/etc/initramfs-tools/modules"
+  mount -t proc proc "$M/proc"
+  mount -t sysfs sys "$M/sys"
+  mount -t tmpfs tmpfs "$M/run"
+  mount -t tmpfs -o mode=0755 dev "$M/dev"
+  for n in null zero full random urandom tty; do cp -a "/dev/$n" "$M/dev/$n"; done
+  chroot "$M" /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin LANG=C.UTF-8 \
+    update-initramfs -u -k all >/dev/null 2>&1
+  sed -i "s|$old|$uuid|g; s|\(linux\s.*root=UUID=$uuid\)|\1 rootflags=subvol=@|" "$M/boot/grub/grub.cfg"
+  grep -q "rootflags=subvol=@" "$M/boot/grub/grub.cfg"
+  umount -R "$M"
+  btrfs check --readonly "$r" >/dev/null 2>&1
+  echo "e2e-layouts: root $uuid is btrfs: @ @home @var"
+' sh "$img" "$W" "$roff" "$rsize" "$boff" "$bsize"
+
+# The artifact's btrfs: checked by btrfs itself; the cleaned files gone,
+# /home intact; prints the kernel count.
+check_btrfs() { # IMAGE.raw
+  unshare --mount --propagation private bash -euc '
+    img=$1 W=$2 roff=$3 rsize=$4
+    r=$(losetup -r -f --show -o "$roff" --sizelimit "$rsize" "$img")
+    trap "umount $W/c 2>/dev/null || true; losetup -d $r" EXIT
+    btrfs check --readonly "$r" > "$W/check.log" 2>&1 || { cat "$W/check.log" >&2; echo "e2e-layouts: btrfs check failed" >&2; exit 1; }
+    mkdir -p "$W/c"
+    mount -o ro "$r" "$W/c"
+    ! ls "$W/c/@var/cache/apt/archives/" | grep -q "\.deb$" || { echo "e2e-layouts: .deb files left in /var" >&2; exit 1; }
+    [ ! -s "$W/c/@/etc/machine-id" ] || { echo "e2e-layouts: machine-id not emptied" >&2; exit 1; }
+    ! ls "$W/c/@/etc/ssh/" | grep -q "^ssh_host_" || { echo "e2e-layouts: host keys left" >&2; exit 1; }
+    sha256sum < "$W/c/@home/builder/project/data.bin" | cmp -s - "$W/home.sha" || { echo "e2e-layouts: /home changed" >&2; exit 1; }
+    umount "$W/c"
+  ' sh "$1" "$W" "$roff" "$rsize"
+  echo "e2e-layouts: $(basename "$1"): btrfs check clean, cleaned files gone, /home intact"
+}
+
+echo "== 2. finalize (the kernels step has work)"
+t0=$(t)
+"$V" finalize --format raw --profiles defaults --json -o "$W/final.qcow2" "$img" > "$W/final.json"
+t_fin=$(el "$t0" "$(t)")
+python3 - "$W/final.json" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))
+g = r["guest"]
+devs = {m["device"] for m in g["mounts"] if m["fstype"] == "btrfs"}
+assert len([m for m in g["mounts"] if m["fstype"] == "btrfs"]) == 3 and len(devs) == 1, g["mounts"]
+k = [p for p in g["profiles"] if p["name"] == "kernels"][0]
+assert any(s.get("remove_packages") for s in k["steps"]), "the kernels step had nothing to do"
+assert [v["check"] for v in g["verified"]].count("btrfs check --readonly") == 1, g["verified"]
+print("e2e-layouts: / /home /var on one device; old kernel purged; verified:",
+      ", ".join(f"{v['volume']} {v['check']}" for v in g["verified"]))
+PY
+"$V" expand --format qcow2 -q -o "$W/final.raw" "$W/final.qcow2"
+check_btrfs "$W/final.raw"
+rm -f "$W/final.raw" "$img"
+
+echo "== 3. boot the artifact"
+scripts/boot-check.sh "$W/final.qcow2" --timeout 300
+
+echo "== 4. finalize again (the kernels step has nothing to do)"
+t0=$(t)
+"$V" finalize --format qcow2 --profiles defaults --json -o "$W/again.qcow2" "$W/final.qcow2" > "$W/again.json"
+t_again=$(el "$t0" "$(t)")
+python3 - "$W/again.json" <<'PY'
+import json, sys
+g = json.load(open(sys.argv[1]))["guest"]
+k = [p for p in g["profiles"] if p["name"] == "kernels"][0]
+assert not any(s.get("remove_packages") for s in k["steps"]), "the kernels step should have nothing to do"
+PY
+"$V" expand --format qcow2 -q -o "$W/again.raw" "$W/again.qcow2"
+check_btrfs "$W/again.raw"
+rm -f "$W/again.raw"
+scripts/boot-check.sh "$W/again.qcow2" --timeout 300
+echo "e2e-layouts: finalize $t_fin s -> $(( $(stat -c %s "$W/final.qcow2") / 1048576 )) MiB; again $t_again s -> $(( $(stat -c %s "$W/again.qcow2") / 1048576 )) MiB"
+echo "e2e-layouts: all checks passed"
