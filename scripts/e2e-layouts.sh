@@ -13,16 +13,18 @@
 #   4. finalize the artifact again (the kernels step has nothing to do):
 #      btrfs check clean again, and it boots.
 #
-#   scripts/e2e-layouts.sh [--workdir DIR] [--keep]
+#   scripts/e2e-layouts.sh [--workdir DIR] [--keep] [--only btrfs|lvm]
 # Needs root, btrfs-progs, qemu-system-x86. Two TCG boots of 45-75 s each.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 workdir=/var/tmp
 keep=0
+only=
 while [ $# -gt 0 ]; do
   case $1 in
     --workdir) workdir=$2; shift 2 ;;
     --keep) keep=1; shift ;;
+    --only) only=$2; shift 2 ;;
     *) echo "e2e-layouts.sh: unknown option $1" >&2; exit 2 ;;
   esac
 done
@@ -34,16 +36,19 @@ W=$(mktemp -d "$workdir/vmfinal-e2e-layouts.XXXXXX")
 t() { date +%s.%N; }
 el() { python3 -c "print(f'{$2 - $1:.1f}')"; }
 
-echo "== 1. the Debian guest on btrfs subvolumes"
 scripts/make-debian-image.sh "$W/debian.raw"
-img=$W/btrfs.raw
-mv "$W/debian.raw" "$img"
 # Partition 2 is /boot, 4 the root (see make-debian-image.sh).
 part() { # N -> "OFFSET SIZE" in bytes
-  sfdisk -J "$img" | python3 -c "import json,sys; p=json.load(sys.stdin)['partitiontable']['partitions'][$1-1]; print(p['start']*512, p['size']*512)"
+  sfdisk -J "$W/debian.raw" | python3 -c "import json,sys; p=json.load(sys.stdin)['partitiontable']['partitions'][$1-1]; print(p['start']*512, p['size']*512)"
 }
 read -r roff rsize <<< "$(part 4)"
 read -r boff bsize <<< "$(part 2)"
+rm -f "$W/debian.raw"
+
+if [ "$only" != lvm ]; then
+echo "== 1. the Debian guest on btrfs subvolumes"
+img=$W/btrfs.raw
+scripts/make-debian-image.sh "$img" >/dev/null
 unshare --mount --pid --fork --kill-child --propagation private bash -euc '
   img=$1 W=$2 roff=$3 rsize=$4 boff=$5 bsize=$6
   r=$(losetup -f --show -o "$roff" --sizelimit "$rsize" "$img")
@@ -160,5 +165,42 @@ PY
 check_btrfs "$W/again.raw"
 rm -f "$W/again.raw"
 scripts/boot-check.sh "$W/again.qcow2" --timeout 300
-echo "e2e-layouts: finalize $t_fin s -> $(( $(stat -c %s "$W/final.qcow2") / 1048576 )) MiB; again $t_again s -> $(( $(stat -c %s "$W/again.qcow2") / 1048576 )) MiB"
+echo "e2e-layouts: btrfs: finalize $t_fin s -> $(( $(stat -c %s "$W/final.qcow2") / 1048576 )) MiB; again $t_again s -> $(( $(stat -c %s "$W/again.qcow2") / 1048576 )) MiB"
+rm -f "$W/again.qcow2" "$W/final.qcow2"
+fi
+[ "$only" != btrfs ] || { echo "e2e-layouts: all checks passed (btrfs only)"; exit 0; }
+
+echo "== 5. the Debian guest with its root and swap on LVM"
+# p2 /boot ext4 as before; p4 an LVM2 PV of VG vg-guest with LVs root
+# (ext4, one segment) and swap; lvm2 installed in the guest from Debian's
+# archive (its initramfs activates the VG). The host's LVM only writes the
+# metadata (no activation, no device-mapper); the root filesystem is
+# written into the LV's extents through a loop device at its offset.
+img=$W/lvm.raw
+scripts/make-debian-image.sh "$img" >/dev/null
+mkdir -p "$W/debs"
+(cd "$W/debs" && apt-get download -q lvm2 dmsetup dmeventd libdevmapper1.02.1 libdevmapper-event1.02.1 \
+  liblvm2cmd2.03 libaio1 libedit2 libbsd0 libmd0 lsb-base >/dev/null 2>&1)
+ls "$W"/debs/lvm2_*.deb >/dev/null
+bash scripts/e2e-layouts-lvm.sh \
+  "$img" "$W" "$roff" "$rsize" "$boff" "$bsize"
+t0=$(t)
+"$V" finalize --format raw --profiles defaults --json -o "$W/lvm.qcow2" "$img" > "$W/lvm.json"
+t_lvm=$(el "$t0" "$(t)")
+read -r lstart lsize < <(python3 scripts/e2e-layouts-check.py "$W/lvm.json")
+"$V" expand --format qcow2 -q -o "$W/lvm-final.raw" "$W/lvm.qcow2"
+l=$(losetup -r -f --show -o "$lstart" --sizelimit "$lsize" "$W/lvm-final.raw")
+e2fsck -fn "$l" >/dev/null 2>&1 || { losetup -d "$l"; echo "e2e-layouts: e2fsck failed on the root LV of the artifact" >&2; exit 1; }
+losetup -d "$l"
+rm -f "$W/lvm-final.raw" "$img"
+echo "e2e-layouts: lvm: / on LV vg-guest/root through one loop device; e2fsck -fn clean on the artifact's LV"
+scripts/boot-check.sh "$W/lvm.qcow2" --timeout 300
+# The same guest without LVM, for size: scripts/e2e.sh's layout.
+scripts/make-debian-image.sh "$W/plain.raw" >/dev/null
+"$V" finalize --format raw --profiles defaults -q -o "$W/plain.qcow2" "$W/plain.raw"
+a=$(stat -c %s "$W/lvm.qcow2")
+p=$(stat -c %s "$W/plain.qcow2")
+echo "e2e-layouts: lvm: finalize $t_lvm s -> $a bytes; the same guest without LVM -> $p bytes"
+python3 -c "import sys; a, p = $a, $p; print(f'e2e-layouts: LVM artifact {(a - p) * 100 / p:+.1f}% against the plain one'); sys.exit(0 if a <= p * 1.05 else 1)" \
+  || { echo "e2e-layouts: the LVM artifact is more than 5% larger" >&2; exit 1; }
 echo "e2e-layouts: all checks passed"
