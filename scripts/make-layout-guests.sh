@@ -14,7 +14,10 @@
 #   lvm2seg the same, but root has two segments (64 MiB, the swap LV, then
 #           the rest): scattered on the disk, not mappable by one loop device.
 #
-#   scripts/make-layout-guests.sh btrfs|lvm|lvm2seg OUT.raw [RECIPE]
+#   plain   the lvm guest without LVM (same trees and filesystem sizes): MBR
+#           p1 /boot, p2 root ext4, p3 swap; for comparing artifact sizes.
+#
+#   scripts/make-layout-guests.sh btrfs|lvm|lvm2seg|plain OUT.raw [RECIPE]
 # Needs root, btrfs-progs, e2fsprogs, lvm2 (metadata tools only: no
 # activation, no device-mapper), util-linux, python3. Mounts only in a
 # private mount namespace; detaches only the loop devices it attached.
@@ -22,8 +25,8 @@ set -euo pipefail
 if [ -z "${VMFINAL_FIXTURE_NS:-}" ]; then
   exec env VMFINAL_FIXTURE_NS=1 unshare --mount --propagation private bash "$0" "$@"
 fi
-what=${1:?usage: make-layout-guests.sh btrfs|lvm|lvm2seg OUT.raw [RECIPE]}
-out=${2:?usage: make-layout-guests.sh btrfs|lvm|lvm2seg OUT.raw [RECIPE]}
+what=${1:?usage: make-layout-guests.sh btrfs|lvm|lvm2seg|plain OUT.raw [RECIPE]}
+out=${2:?usage: make-layout-guests.sh btrfs|lvm|lvm2seg|plain OUT.raw [RECIPE]}
 here=$(cd "$(dirname "$0")" && pwd)
 recipe=${3:-$here/../vm-fixtures/debian-mini/tree.txt}
 work=$(mktemp -d "${TMPDIR:-/var/tmp}/vmfinal-layout.XXXXXX")
@@ -99,6 +102,21 @@ FSTAB
   truncate -s 16M "$work/swap.fs"
   mkswap -q -L swap "$work/swap.fs" >/dev/null
   dd if=/dev/urandom of="$work/swap.fs" bs=1M seek=1 count=4 conv=notrunc status=none
+  if [ "$segs" = 0 ]; then
+    # The same guest without LVM: p1 /boot, p2 root, p3 swap (and the
+    # fstab naming them by UUID/LABEL, written into the root image again).
+    printf 'UUID=%s / ext4 errors=remount-ro 0 1\nUUID=%s /boot ext4 defaults 0 2\nLABEL=swap none swap sw 0 0\ntmpfs /run tmpfs defaults 0 0\n' \
+      "$root_uuid" "$boot_uuid" > "$R/etc/fstab"
+    mkfs.ext4 -q -F -U "$root_uuid" -L root -d "$R" "$work/root.fs" 160M >/dev/null
+    truncate -s 242M "$out"
+    printf 'label: dos\nstart=2048, size=%d, type=83\nstart=%d, size=%d, type=83\nstart=%d, size=%d, type=82\n' \
+      $(( 48 * 2048 )) $(( 49 * 2048 )) $(( 160 * 2048 )) $(( 209 * 2048 )) $(( 16 * 2048 )) | sfdisk -q "$out"
+    dd if="$work/boot.fs" of="$out" bs=1M seek=1 conv=notrunc,sparse status=none
+    dd if="$work/root.fs" of="$out" bs=1M seek=49 conv=notrunc,sparse status=none
+    dd if="$work/swap.fs" of="$out" bs=1M seek=209 conv=notrunc,sparse status=none
+    echo "$out: the lvm guest without LVM"
+    return
+  fi
   # 1 MiB gap, p1 /boot 48 MiB, p2 the PV 192 MiB.
   truncate -s 242M "$out"
   printf 'label: dos\nstart=2048, size=%d, type=83\nstart=%d, size=%d, type=8e\n' \
@@ -155,5 +173,6 @@ case $what in
   btrfs) btrfs_guest ;;
   lvm) lvm_guest 1 ;;
   lvm2seg) lvm_guest 2 ;;
+  plain) lvm_guest 0 ;;
   *) echo "make-layout-guests.sh: unknown layout $what" >&2; exit 2 ;;
 esac
