@@ -50,10 +50,18 @@ r=
 s=$(losetup -f --show -o "$swapoff" --sizelimit $(( 128 << 20 )) "$img")
 mkswap -q -L swap "$s" >/dev/null
 losetup -d "$s"
-lv=$(losetup -f --show -o "$rootoff" --sizelimit $(( 2200 << 20 )) "$img")
 uuid=$(cat /proc/sys/kernel/random/uuid)
-mkfs.ext4 -q -U "$uuid" -L root "$lv"
-mount "$lv" "$M"
+# mke2fs writes into the image at the LV's offset itself (no loop device
+# whose page cache a busy machine's loop churn could leave stale).
+mkfs.ext4 -q -F -U "$uuid" -L root -E offset="$rootoff",nodiscard "$img" 2200M
+for try in 1 2 3; do
+  lv=$(losetup -f --show -o "$rootoff" --sizelimit $(( 2200 << 20 )) "$img")
+  if mount "$lv" "$M"; then break; fi
+  losetup -d "$lv"
+  lv=
+  [ "$try" != 3 ] || { echo "e2e-layouts-lvm.sh: cannot mount the root LV's ext4" >&2; exit 1; }
+  sleep 2
+done
 tar -C "$M" --numeric-owner --xattrs --acls -xf "$W/root.tar"
 rm -f "$W/root.tar"
 awk '!/^#/ && $2 == "/" { print "/dev/mapper/vg--guest-root / ext4 errors=remount-ro 0 1"; next }
