@@ -33,7 +33,8 @@ pub fn requested() -> bool {
 
 /// Test hook: when `VMFINAL_TEST_PAUSE` names `stage`, prints
 /// `vmfinal: paused at STAGE` and waits (up to 120 s) for a signal, so the
-/// interruption tests can hit every stage deterministically. Returns
+/// interruption tests can hit every stage deterministically (or, with
+/// `VMFINAL_TEST_RESUME`, until that file exists). Returns
 /// `Interrupted` once a signal arrived (or at once if one already had).
 pub fn checkpoint(stage: &str) -> Result<(), Interrupted> {
     if requested() {
@@ -41,9 +42,15 @@ pub fn checkpoint(stage: &str) -> Result<(), Interrupted> {
     }
     if std::env::var("VMFINAL_TEST_PAUSE").is_ok_and(|s| s == stage) {
         eprintln!("vmfinal: paused at {stage}");
+        // VMFINAL_TEST_RESUME=FILE: go on once FILE exists (tests that
+        // change something while vmfinal waits).
+        let resume = std::env::var_os("VMFINAL_TEST_RESUME").map(std::path::PathBuf::from);
         for _ in 0..2400 {
             if requested() {
                 return Err(Interrupted);
+            }
+            if resume.as_ref().is_some_and(|f| f.exists()) {
+                return Ok(());
             }
             std::thread::sleep(std::time::Duration::from_millis(50));
         }

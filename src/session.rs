@@ -10,7 +10,8 @@ use std::time::Instant;
 use serde::Serialize;
 
 use crate::guest::sandbox::GuestSandbox;
-use crate::guest::{self, Guest, Mounted, PartInfo, state::State};
+use crate::guest::verify::{self, Verified};
+use crate::guest::{self, Guest, MountOptions, Mounted, PartInfo, Volume, state::State};
 use crate::pipeline::PipelineError;
 use crate::profile::plan::{self, Ctx, ProfilePlan};
 use crate::profile::{Profile, Registry};
@@ -42,6 +43,10 @@ pub struct GuestArgs {
     /// finalize only where compaction cannot map free space itself (btrfs, vfat)
     #[arg(long, value_enum, default_value = "auto")]
     pub reclaim: ReclaimMode,
+    /// Go on when a filesystem the guest's fstab mounts (without nofail or
+    /// noauto) cannot be mounted here, cleaning without it (else an error)
+    #[arg(long)]
+    pub skip_unmountable: bool,
 }
 
 impl GuestArgs {
@@ -76,6 +81,8 @@ pub struct FsUsage {
 pub struct GuestReport {
     pub dry_run: bool,
     pub partitions: Vec<PartInfo>,
+    /// Partitions and logical volumes, and how each is mapped.
+    pub volumes: Vec<Volume>,
     pub mounts: Vec<Mounted>,
     pub profiles: Vec<ProfilePlan>,
     /// Sum of the profiles' planned bytes.
@@ -84,6 +91,8 @@ pub struct GuestReport {
     pub measured_freed_bytes: Option<u64>,
     pub filesystems: Vec<FsUsage>,
     pub reclaim: Vec<ReclaimResult>,
+    /// Each cleaned filesystem, stamped and checked read-only after unmount.
+    pub verified: Vec<Verified>,
     pub warnings: Vec<String>,
     /// Seconds per stage.
     pub stages: BTreeMap<String, f64>,
@@ -159,7 +168,14 @@ pub fn run_guest(
     state.add_dir(&dir)?;
     state.add_dir(&dir.with_extension("dev"))?;
     let _dir_guard = MountDir(dir.clone());
-    let mut g = Guest::mount(image, &dir, args.dry_run)?;
+    let mut g = Guest::mount(
+        image,
+        &dir,
+        MountOptions {
+            read_only: args.dry_run,
+            skip_unmountable: args.skip_unmountable,
+        },
+    )?;
     st.done();
     stages.insert("mount".to_string(), t.elapsed().as_secs_f64());
     checkpoint("mount")?;
@@ -184,12 +200,14 @@ pub fn run_guest(
     let mut report = GuestReport {
         dry_run: args.dry_run,
         partitions: g.parts.clone(),
+        volumes: g.volumes.clone(),
         mounts: g.mounted.clone(),
         profiles: Vec::new(),
         freed_bytes,
         measured_freed_bytes: None,
         filesystems: Vec::new(),
         reclaim: Vec::new(),
+        verified: Vec::new(),
         warnings: g.warnings.clone(),
         stages,
     };
@@ -198,9 +216,10 @@ pub fn run_guest(
         return Ok(report);
     }
 
+    // Each filesystem once (btrfs subvolumes share one).
     let before: Vec<(String, u64)> = g
-        .mounted
-        .iter()
+        .filesystems()
+        .into_iter()
         .map(|m| {
             (
                 m.mountpoint.clone(),
@@ -252,7 +271,7 @@ pub fn run_guest(
     let mapped = |kind: &str| matches!(kind, "ext4" | "xfs" | "swap");
     let skip_mapped = compaction_follows && args.reclaim == ReclaimMode::Auto;
     if args.reclaim != ReclaimMode::None {
-        for m in &g.mounted {
+        for m in g.filesystems() {
             interrupted()?;
             if skip_mapped && mapped(&m.fstype) {
                 report.reclaim.push(ReclaimResult {
@@ -267,11 +286,14 @@ pub fn run_guest(
             report.reclaim.push(r);
         }
         let img = std::fs::OpenOptions::new().write(true).open(image)?;
-        for p in &g.parts {
-            if p.fs.as_ref().is_some_and(|f| f.kind == "swap") && !skip_mapped {
-                let n = reclaim::clear_swap(&img, p.start, p.size)?;
+        for v in &g.volumes {
+            let Some((start, size)) = v.range() else {
+                continue;
+            };
+            if v.fs.as_ref().is_some_and(|f| f.kind == "swap") && !skip_mapped {
+                let n = reclaim::clear_swap(&img, start, size)?;
                 report.reclaim.push(ReclaimResult {
-                    target: format!("swap (partition {})", p.index),
+                    target: format!("swap ({})", v.name),
                     method: "cleared".into(),
                     bytes: n,
                     note: None,
@@ -290,12 +312,38 @@ pub fn run_guest(
     checkpoint("reclaim")?;
     let st = crate::progress::stage("unmount");
     let t = Instant::now();
+    let cleaned: Vec<(Volume, String)> = g
+        .filesystems()
+        .into_iter()
+        .map(|m| (g.volumes[m.vol].clone(), m.fstype.clone()))
+        .collect();
     let errs = g.unmount();
-    report.warnings.extend(errs);
+    if !errs.is_empty() {
+        anyhow::bail!(
+            "the guest did not unmount cleanly ({}); its filesystems may not hold what was cleaned",
+            errs.join("; ")
+        );
+    }
     drop(g);
     report
         .stages
         .insert("unmount".to_string(), t.elapsed().as_secs_f64());
+    st.done();
+    checkpoint("unmount")?;
+    // What was cleaned: stamped, and checked by each filesystem's own tool.
+    let st = crate::progress::stage("verify");
+    let t = Instant::now();
+    for (v, kind) in &cleaned {
+        interrupted()?;
+        let r = verify::verify(image, v, kind)?;
+        if let Some(n) = &r.note {
+            report.warnings.push(format!("{} ({kind}): {n}", v.name));
+        }
+        report.verified.push(r);
+    }
+    report
+        .stages
+        .insert("verify".to_string(), t.elapsed().as_secs_f64());
     st.done();
     Ok(report)
 }

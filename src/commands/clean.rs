@@ -61,7 +61,7 @@ pub fn run(a: &CleanArgs) -> anyhow::Result<super::ExitCode> {
     } else {
         session::print_human(&r, !a.quiet);
         if !a.guest.dry_run {
-            let st: Vec<String> = ["mount", "plan", "clean", "reclaim", "unmount"]
+            let st: Vec<String> = ["mount", "plan", "clean", "reclaim", "unmount", "verify"]
                 .iter()
                 .filter_map(|k| r.stages.get(*k).map(|v| format!("{k} {v:.1} s")))
                 .collect();

@@ -62,6 +62,8 @@ pub fn run(a: &FinalizeArgs) -> anyhow::Result<super::ExitCode> {
         .data_extents()
         .map(|e| crate::extent::total(&crate::extent::normalize(e)))
         .unwrap_or(0);
+    // Failures the guest's layout makes certain come before any workspace.
+    let layout = crate::guest::preflight(src.as_ref());
     drop(src);
     if a.in_place && in_fmt != ImageFormat::Raw {
         anyhow::bail!(
@@ -78,6 +80,7 @@ pub fn run(a: &FinalizeArgs) -> anyhow::Result<super::ExitCode> {
             anyhow::bail!("the output {} is the input", req.output.display());
         }
     }
+    layout?;
     let mut stages = std::collections::BTreeMap::new();
 
     // The workspace.
@@ -195,7 +198,14 @@ pub fn run(a: &FinalizeArgs) -> anyhow::Result<super::ExitCode> {
     req.input_format = Some(ImageFormat::Raw);
     req.fs_aware = true;
     state.add_file(&crate::output::temp_path_for(&req.output))?;
+    // The workspace must still hold exactly what was cleaned and checked,
+    // before compaction reads it and after (else no artifact).
+    crate::guest::verify::recheck(&ws.path, &guest.verified, "between cleaning and compaction")?;
     let report = convert::convert(&req)?;
+    if let Err(e) = crate::guest::verify::recheck(&ws.path, &guest.verified, "during compaction") {
+        let _ = std::fs::remove_file(&req.output);
+        return Err(e);
+    }
     // What the cleaned guest still holds: the workspace's allocated bytes
     // minus the filesystems' free space (which compaction skipped).
     let cleaned = report
@@ -253,6 +263,7 @@ pub fn run(a: &FinalizeArgs) -> anyhow::Result<super::ExitCode> {
             "clean",
             "reclaim",
             "unmount",
+            "verify",
             "compact",
             "total",
         ];

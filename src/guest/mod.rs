@@ -14,6 +14,8 @@ pub mod mount;
 pub mod root;
 pub mod sandbox;
 pub mod state;
+pub mod verify;
+pub mod volume;
 
 use std::fs::File;
 use std::os::fd::AsRawFd;
@@ -26,6 +28,7 @@ use crate::fs::{self, Region};
 use loopdev::LoopDevice;
 use mount::Mount;
 use root::GuestRoot;
+pub use volume::{Mapping, Volume};
 
 /// A filesystem found on a partition.
 #[derive(Debug, Clone, Serialize)]
@@ -105,8 +108,25 @@ pub struct PartInfo {
 /// Lists the workspace's partitions and their filesystems.
 pub fn partitions(image: &Path) -> anyhow::Result<Vec<PartInfo>> {
     let src = crate::image::raw::RawImage::open(File::open(image)?, image)?;
-    let table = disk::read_partitions(&src);
-    Ok(table
+    Ok(partitions_of(&src))
+}
+
+/// Checks, before any workspace is built, that the disk `src` has a
+/// volume vmfinal can mount as the guest's root at all; the error names
+/// the real cause (a root on an LV vmfinal cannot map, an unreadable VG).
+pub fn preflight(src: &dyn crate::image::BlockSource) -> anyhow::Result<()> {
+    let parts = partitions_of(src);
+    let vols = volume::scan(src, &parts);
+    if !vols.list.iter().any(|v| v.mountable_kind().is_some()) {
+        anyhow::bail!("{}", no_root_reason(&vols.list, &vols.warnings));
+    }
+    Ok(())
+}
+
+/// The partitions of the disk `src` and their filesystems.
+pub fn partitions_of(src: &dyn crate::image::BlockSource) -> Vec<PartInfo> {
+    let table = disk::read_partitions(src);
+    table
         .partitions
         .iter()
         .map(|p| PartInfo {
@@ -115,12 +135,12 @@ pub fn partitions(image: &Path) -> anyhow::Result<Vec<PartInfo>> {
             size: p.size,
             part_uuid: p.part_uuid.clone(),
             fs: identify(&Region {
-                src: &src,
+                src,
                 start: p.start,
                 len: p.size,
             }),
         })
-        .collect())
+        .collect()
 }
 
 /// One mounted guest filesystem.
@@ -128,9 +148,16 @@ pub fn partitions(image: &Path) -> anyhow::Result<Vec<PartInfo>> {
 pub struct Mounted {
     pub mountpoint: String,
     pub fstype: String,
+    /// Its partition (for an LV: the PV's partition).
     pub partition: u32,
+    /// `partition 2`, `LVM logical volume vg/root`.
+    pub volume: String,
     pub uuid: String,
     pub device: String,
+    /// Index into `Guest::volumes`: mounts with the same one share a
+    /// filesystem (one device, one superblock).
+    #[serde(skip)]
+    pub vol: usize,
 }
 
 /// The mounted guest. Dropping it unmounts everything (deepest first) and
@@ -141,11 +168,15 @@ pub struct Guest {
     /// mounted from (see `node_for`); unmounted last.
     devdir: Option<Mount>,
     devpath: PathBuf,
-    loops: Vec<(u32, LoopDevice)>,
+    /// One loop device per volume in use, by index into `volumes`.
+    loops: Vec<(usize, LoopDevice)>,
+    image: PathBuf,
+    read_only: bool,
     pub root: GuestRoot,
     pub dir: PathBuf,
     pub mounted: Vec<Mounted>,
     pub parts: Vec<PartInfo>,
+    pub volumes: Vec<Volume>,
     pub warnings: Vec<String>,
 }
 
@@ -220,6 +251,48 @@ fn try_mount(
     }
 }
 
+/// Whether the running kernel knows filesystem type `kind`.
+fn host_has_fs(kind: &str) -> bool {
+    std::fs::read_to_string("/proc/filesystems")
+        .is_ok_and(|t| t.lines().any(|l| l.split_whitespace().last() == Some(kind)))
+}
+
+/// Why no root was found, naming the real cause where there is one: a
+/// filesystem on an LV vmfinal cannot map, an unreadable volume group.
+pub fn no_root_reason(vols: &[Volume], warnings: &[String]) -> String {
+    let refused: Vec<&Volume> = vols
+        .iter()
+        .filter(|v| matches!(v.mapping, Mapping::Refused(_)))
+        .collect();
+    // An LV named like a root first, then any with a filesystem.
+    let pick = refused
+        .iter()
+        .find(|v| v.lv.as_ref().is_some_and(|l| l.lv.contains("root")) && v.fs.is_some())
+        .or_else(|| refused.iter().find(|v| v.fs.is_some()))
+        .or(refused.first());
+    if let Some(v) = pick {
+        let why = match &v.mapping {
+            Mapping::Refused(w) => w.as_str(),
+            Mapping::Loop { .. } => "",
+        };
+        let fs =
+            v.fs.as_ref()
+                .map(|f| format!(" ({})", f.kind))
+                .unwrap_or_default();
+        return format!(
+            "the root filesystem is on {}{fs}, which {why} (no other volume holds /etc/fstab and /usr/bin or /bin)",
+            v.name
+        );
+    }
+    if let Some(w) = warnings.first() {
+        return format!("no guest root filesystem found; LVM: {w}");
+    }
+    if !vols.iter().any(|v| v.mountable_kind().is_some()) {
+        return "no ext2/3/4, xfs or btrfs filesystem found on the image".into();
+    }
+    "no guest root filesystem found (none holds /etc/fstab and /usr/bin or /bin)".into()
+}
+
 fn looks_like_root(dir: &Path) -> bool {
     let Ok(g) = GuestRoot::open(dir) else {
         return false;
@@ -273,51 +346,42 @@ fn unescape(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-fn resolve_spec<'a>(spec: &str, parts: &'a [PartInfo]) -> Option<&'a PartInfo> {
-    let eq = |a: &str, b: &str| a.eq_ignore_ascii_case(b);
-    let by = |key: &str| -> Option<&str> {
-        spec.strip_prefix(&format!("{key}="))
-            .map(|v| v.trim_matches('"'))
-    };
-    fn fs_of<'b>(p: &&'b PartInfo) -> Option<&'b FsId> {
-        p.fs.as_ref()
-    }
-    if let Some(u) = by("UUID").or_else(|| spec.strip_prefix("/dev/disk/by-uuid/")) {
-        return parts
-            .iter()
-            .find(|p| fs_of(p).is_some_and(|f| eq(&f.uuid, u)));
-    }
-    if let Some(l) = by("LABEL").or_else(|| spec.strip_prefix("/dev/disk/by-label/")) {
-        return parts
-            .iter()
-            .find(|p| fs_of(p).is_some_and(|f| f.label == l));
-    }
-    if let Some(u) = by("PARTUUID").or_else(|| spec.strip_prefix("/dev/disk/by-partuuid/")) {
-        return parts.iter().find(|p| eq(&p.part_uuid, u));
-    }
-    // /dev/sda2, /dev/vda2, /dev/xvda2, /dev/hda2, /dev/nvme0n1p2, /dev/mmcblk0p2
-    let dev = spec.strip_prefix("/dev/")?;
-    let digits: String = dev
-        .chars()
-        .rev()
-        .take_while(|c| c.is_ascii_digit())
+/// How the guest is mounted.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct MountOptions {
+    /// Read-only loop devices and mounts (a dry run).
+    pub read_only: bool,
+    /// Go on (with a warning) when a filesystem the guest's fstab mounts
+    /// without `nofail`/`noauto` cannot be mounted; else that is an error.
+    pub skip_unmountable: bool,
+}
+
+/// The subdirectory of a btrfs top level that holds the guest's root
+/// (`@`, `@rootfs`, `root`, ...), if `dir` (the top level) is not the root.
+fn btrfs_root_subvol(dir: &Path) -> Option<String> {
+    let rd = std::fs::read_dir(dir).ok()?;
+    let mut names: Vec<String> = rd
+        .flatten()
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .map(|e| e.file_name().to_string_lossy().into_owned())
         .collect();
-    let stem = &dev[..dev.len() - digits.len()];
-    let plain = ["sd", "vd", "xvd", "hd"]
-        .iter()
-        .any(|p| stem.starts_with(p) && stem.len() == p.len() + 1);
-    let nvme = stem.ends_with('p') && (stem.starts_with("nvme") || stem.starts_with("mmcblk"));
-    if !(plain || nvme) || digits.is_empty() {
-        return None;
-    }
-    let n: u32 = digits.chars().rev().collect::<String>().parse().ok()?;
-    parts.iter().find(|p| p.index == n)
+    names.sort();
+    names.into_iter().find(|n| looks_like_root(&dir.join(n)))
 }
 
 impl Guest {
     /// Attaches and mounts the guest on `image` (a raw disk) under `dir`.
-    pub fn mount(image: &Path, dir: &Path, read_only: bool) -> anyhow::Result<Self> {
+    ///
+    /// One loop device per volume (partition or LV), reused by every mount
+    /// of its filesystem: btrfs subvolumes and repeated mounts of one
+    /// filesystem share one block device and so one superblock.
+    pub fn mount(image: &Path, dir: &Path, opts: MountOptions) -> anyhow::Result<Self> {
+        let read_only = opts.read_only;
         let parts = partitions(image)?;
+        let vols = {
+            let src = crate::image::raw::RawImage::open(File::open(image)?, image)?;
+            volume::scan(&src, &parts)
+        };
         let devpath = dir.with_extension("dev");
         std::fs::create_dir_all(&devpath)?;
         let devmount = Mount::new(
@@ -334,88 +398,63 @@ impl Guest {
             devdir: Some(devmount),
             devpath,
             loops: Vec::new(),
+            image: image.to_path_buf(),
+            read_only,
             root: GuestRoot::open(dir)?,
             dir: dir.to_path_buf(),
             mounted: Vec::new(),
             parts: parts.clone(),
-            warnings: Vec::new(),
+            volumes: vols.list.clone(),
+            warnings: vols.warnings.clone(),
         };
-        let mountable: Vec<&PartInfo> = parts
-            .iter()
-            .filter(|p| {
-                p.fs.as_ref()
-                    .is_some_and(|f| matches!(f.kind.as_str(), "ext4" | "xfs" | "btrfs"))
-            })
+        let mountable: Vec<usize> = (0..g.volumes.len())
+            .filter(|&i| g.volumes[i].mountable_kind().is_some())
             .collect();
-        if mountable.is_empty() {
-            anyhow::bail!("no ext2/3/4, xfs or btrfs filesystem found on the image");
-        }
-        // Find the root: mount each candidate read-only and look.
-        let mut root: Option<(u32, String)> = None;
-        for p in &mountable {
-            let kind = p.fs.as_ref().map(|f| f.kind.clone()).unwrap_or_default();
-            let lo = LoopDevice::attach(image, p.start, p.size, true)?;
-            let probe = {
-                let res = try_mount(lo.path(), dir, &kind, true, "", dir);
-                match res {
-                    Ok((mut m, _)) => {
-                        let mut found = None;
-                        if looks_like_root(dir) {
-                            found = Some(String::new());
-                        } else if kind == "btrfs" {
-                            // A root in a subvolume: @, @rootfs, root, ...
-                            if let Ok(rd) = std::fs::read_dir(dir) {
-                                let mut names: Vec<String> = rd
-                                    .flatten()
-                                    .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
-                                    .map(|e| e.file_name().to_string_lossy().into_owned())
-                                    .collect();
-                                names.sort();
-                                found = names.into_iter().find(|n| looks_like_root(&dir.join(n)));
-                            }
-                        }
-                        let _ = m.unmount();
-                        found
-                    }
-                    Err(_) => None,
+        // Find the root: mount each candidate read-only (once per
+        // filesystem, on the device the real mount uses) and look.
+        let mut root: Option<(usize, String)> = None;
+        for &vi in &mountable {
+            let kind = g.volumes[vi]
+                .mountable_kind()
+                .unwrap_or_default()
+                .to_string();
+            let node = g.device(vi)?;
+            let found = match try_mount(&node, dir, &kind, true, "", dir) {
+                Ok((mut m, _)) => {
+                    let found = if looks_like_root(dir) {
+                        Some(String::new())
+                    } else if kind == "btrfs" {
+                        btrfs_root_subvol(dir)
+                    } else {
+                        None
+                    };
+                    let _ = m.unmount();
+                    found
                 }
+                Err(_) => None,
             };
-            drop(lo);
-            if let Some(sub) = probe {
-                root = Some((p.index, sub));
+            if let Some(sub) = found {
+                root = Some((vi, sub));
                 break;
             }
         }
-        let Some((root_index, subvol)) = root else {
-            anyhow::bail!(
-                "no guest root filesystem found (none holds /etc/fstab and /usr/bin or /bin)"
-            );
+        let Some((rvi, subvol)) = root else {
+            anyhow::bail!("{}", no_root_reason(&g.volumes, &g.warnings));
         };
-        let rp = parts
-            .iter()
-            .find(|p| p.index == root_index)
-            .ok_or_else(|| anyhow::anyhow!("internal: root partition vanished"))?;
-        let rkind = rp.fs.as_ref().map(|f| f.kind.clone()).unwrap_or_default();
-        let lo = LoopDevice::attach(image, rp.start, rp.size, read_only)?;
+        let rv = g.volumes[rvi].clone();
+        let rkind = rv.mountable_kind().unwrap_or_default().to_string();
         let extra = if subvol.is_empty() {
             String::new()
         } else {
             format!("subvol={subvol}")
         };
-        let node = g.node_for(&lo, root_index)?;
+        let node = g.device(rvi)?;
         let (m, w) = try_mount(&node, dir, &rkind, read_only, &extra, dir).map_err(|e| {
-            anyhow::anyhow!("cannot mount the guest root ({rkind} on partition {root_index}): {e}")
+            anyhow::anyhow!("cannot mount the guest root ({rkind} on {}): {e}", rv.name)
         })?;
         g.warnings.extend(w);
-        g.mounted.push(Mounted {
-            mountpoint: "/".into(),
-            fstype: rkind.clone(),
-            partition: root_index,
-            uuid: rp.fs.as_ref().map(|f| f.uuid.clone()).unwrap_or_default(),
-            device: lo.path().display().to_string(),
-        });
+        g.push_mounted("/", &rv, rvi, &rkind);
         g.mounts.push(m);
-        g.loops.push((root_index, lo));
         g.root = GuestRoot::open(dir)?;
 
         // The guest's fstab.
@@ -441,25 +480,71 @@ impl Guest {
                     | "cgroup"
                     | "cgroup2"
                     | "securityfs"
-            ) || e.options.split(',').any(|o| o == "bind" || o == "rbind");
+                    | "fuse"
+                    | "sshfs"
+                    | "9p"
+                    | "virtiofs"
+            ) || e
+                .options
+                .split(',')
+                .any(|o| o == "bind" || o == "rbind" || o == "_netdev");
             if net_or_virtual {
                 continue;
             }
-            let Some(p) = resolve_spec(&e.spec, &parts) else {
-                g.warnings.push(format!(
-                    "fstab: {} for {} is not a partition of this image; not mounted",
-                    e.spec, e.mountpoint
-                ));
+            let optional = e.options.split(',').any(|o| o == "nofail" || o == "noauto");
+            // A filesystem the guest mounts at boot that we cannot mount:
+            // an error (package scripts may need it), unless it is
+            // optional there or the user said to go on.
+            let unmountable = |g: &mut Guest, why: String| -> anyhow::Result<()> {
+                let msg = format!("fstab: {} ({}) {why}", e.mountpoint, e.spec);
+                if optional {
+                    g.warnings
+                        .push(format!("{msg}; not mounted (nofail/noauto)"));
+                    Ok(())
+                } else if opts.skip_unmountable {
+                    g.warnings
+                        .push(format!("{msg}; not mounted (--skip-unmountable)"));
+                    Ok(())
+                } else {
+                    anyhow::bail!(
+                        "{msg}; the guest mounts it at boot and its package scripts may need it (mark it nofail in the guest's fstab, or pass --skip-unmountable to clean without it)"
+                    )
+                }
+            };
+            let Some(vi) = volume::resolve(&e.spec, &g.volumes, &parts)
+                .and_then(|v| g.volumes.iter().position(|x| x.key == v.key))
+            else {
+                unmountable(
+                    &mut g,
+                    "is not a partition or logical volume of this image".into(),
+                )?;
                 continue;
             };
-            let Some(fs) = p.fs.clone() else {
-                g.warnings.push(format!(
-                    "fstab: {} ({}) holds no filesystem we know; not mounted",
-                    e.mountpoint, e.spec
-                ));
+            let v = g.volumes[vi].clone();
+            if let Mapping::Refused(why) = &v.mapping {
+                unmountable(&mut g, format!("is on {}, which {why}", v.name))?;
+                continue;
+            }
+            let Some(fs) = v.fs.clone() else {
+                unmountable(
+                    &mut g,
+                    format!("is on {}, which holds no filesystem vmfinal knows", v.name),
+                )?;
                 continue;
             };
-            if !matches!(fs.kind.as_str(), "ext4" | "xfs" | "btrfs" | "vfat") {
+            if fs.kind == "swap" {
+                continue;
+            }
+            let kind_ok = matches!(fs.kind.as_str(), "ext4" | "xfs" | "btrfs")
+                || (fs.kind == "vfat" && host_has_fs("vfat"));
+            if !kind_ok {
+                unmountable(
+                    &mut g,
+                    format!(
+                        "is {} on {}, which this host's kernel cannot mount",
+                        fs.kind, v.name
+                    ),
+                )?;
                 continue;
             }
             // The mount point must be a real directory inside the guest:
@@ -484,8 +569,7 @@ impl Guest {
                 .filter(|_| fs.kind == "btrfs")
                 .unwrap_or("")
                 .to_string();
-            let lo = LoopDevice::attach(image, p.start, p.size, read_only)?;
-            let node = g.node_for(&lo, p.index)?;
+            let node = g.device(vi)?;
             match try_mount(
                 &node,
                 &fd_path(&target),
@@ -496,33 +580,63 @@ impl Guest {
             ) {
                 Ok((m, w)) => {
                     g.warnings.extend(w);
-                    g.mounted.push(Mounted {
-                        mountpoint: e.mountpoint.clone(),
-                        fstype: fs.kind.clone(),
-                        partition: p.index,
-                        uuid: fs.uuid.clone(),
-                        device: lo.path().display().to_string(),
-                    });
+                    g.push_mounted(&e.mountpoint, &v, vi, &fs.kind);
                     g.mounts.push(m);
-                    g.loops.push((p.index, lo));
                 }
-                Err(err) => g.warnings.push(format!(
-                    "fstab: cannot mount {} on {}: {err}",
-                    e.spec, e.mountpoint
-                )),
+                Err(err) => {
+                    unmountable(&mut g, format!("cannot be mounted from {}: {err}", v.name))?
+                }
             }
         }
+        // Devices no mount uses (root-probe candidates) go now.
+        let used: Vec<usize> = g.mounted.iter().map(|m| m.vol).collect();
+        g.loops.retain(|(vi, _)| used.contains(vi));
         Ok(g)
     }
 
-    /// A block node for `lo` named `part{index}` in our private tmpfs, used
+    fn push_mounted(&mut self, mountpoint: &str, v: &Volume, vi: usize, kind: &str) {
+        let device = self
+            .loops
+            .iter()
+            .find(|(i, _)| *i == vi)
+            .map(|(_, lo)| lo.path().display().to_string())
+            .unwrap_or_default();
+        self.mounted.push(Mounted {
+            mountpoint: mountpoint.into(),
+            fstype: kind.into(),
+            partition: v.partition,
+            volume: v.name.clone(),
+            uuid: v.fs.as_ref().map(|f| f.uuid.clone()).unwrap_or_default(),
+            device,
+            vol: vi,
+        });
+    }
+
+    /// The block node of volume `vi` in our private /dev, attaching its
+    /// loop device on first use; every later mount of the volume reuses it.
+    fn device(&mut self, vi: usize) -> anyhow::Result<PathBuf> {
+        let v = &self.volumes[vi];
+        let path = self.devpath.join(&v.key);
+        if self.loops.iter().any(|(i, _)| *i == vi) {
+            return Ok(path);
+        }
+        let Some((start, size)) = v.range() else {
+            anyhow::bail!("internal: {} has no mapping", v.name);
+        };
+        let lo = LoopDevice::attach(&self.image, start, size, self.read_only)
+            .map_err(|e| anyhow::anyhow!("cannot attach a loop device for {}: {e}", v.name))?;
+        self.make_node(&lo, &path)?;
+        self.loops.push((vi, lo));
+        Ok(path)
+    }
+
+    /// A block node for `lo` at `path` in our private tmpfs, used
     /// as the mount source. The guest's tools then see that name, not
     /// `/dev/loopN`: grub-mkconfig's 10_linux skips every kernel when the
     /// root is on a file-backed loop device.
-    fn node_for(&self, lo: &LoopDevice, index: u32) -> anyhow::Result<PathBuf> {
-        let path = self.devpath.join(format!("part{index}"));
+    fn make_node(&self, lo: &LoopDevice, path: &Path) -> anyhow::Result<()> {
         let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())?;
-        let _ = std::fs::remove_file(&path);
+        let _ = std::fs::remove_file(path);
         // SAFETY: valid C string.
         if unsafe { libc::mknod(c.as_ptr(), libc::S_IFBLK | 0o600, lo.rdev()?) } != 0 {
             anyhow::bail!(
@@ -531,7 +645,7 @@ impl Guest {
                 std::io::Error::last_os_error()
             );
         }
-        Ok(path)
+        Ok(())
     }
 
     /// Host path of a guest mount point.
@@ -539,21 +653,28 @@ impl Guest {
         self.dir.join(mountpoint.trim_start_matches('/'))
     }
 
-    /// Loop devices with their partition's filesystem UUID (for the sandbox's /dev).
+    /// Loop devices with their filesystem's UUID (for the sandbox's /dev),
+    /// each device once.
     pub fn devices(&self) -> Vec<(PathBuf, u64, String)> {
         self.loops
             .iter()
-            .filter_map(|(idx, lo)| {
-                let uuid = self
-                    .mounted
-                    .iter()
-                    .find(|m| m.partition == *idx)
-                    .map(|m| m.uuid.clone())?;
-                Some((
-                    self.devpath.join(format!("part{idx}")),
-                    lo.rdev().ok()?,
-                    uuid,
-                ))
+            .filter_map(|(vi, lo)| {
+                let v = &self.volumes[*vi];
+                let uuid = v.fs.as_ref().map(|f| f.uuid.clone()).unwrap_or_default();
+                Some((self.devpath.join(&v.key), lo.rdev().ok()?, uuid))
+            })
+            .collect()
+    }
+
+    /// The guest's filesystems, each once: its first (shallowest) mount.
+    pub fn filesystems(&self) -> Vec<&Mounted> {
+        let mut seen = Vec::new();
+        self.mounted
+            .iter()
+            .filter(|m| {
+                let first = !seen.contains(&m.vol);
+                seen.push(m.vol);
+                first
             })
             .collect()
     }
@@ -585,24 +706,41 @@ mod tests {
     use super::*;
 
     #[test]
-    fn fstab_specs() {
-        let parts = vec![PartInfo {
-            index: 2,
-            start: 0,
-            size: 1,
-            part_uuid: "abcd-02".into(),
+    fn no_root_names_the_lv() {
+        let lv = Volume {
+            key: "lv-vg-root".into(),
+            name: "LVM logical volume vg/root".into(),
+            partition: 2,
+            lv: Some(volume::LvName {
+                vg: "vg".into(),
+                lv: "root".into(),
+                mapper: "vg-root".into(),
+            }),
             fs: Some(FsId {
                 kind: "ext4".into(),
-                uuid: "1111-aa".into(),
-                label: "boot".into(),
+                uuid: "u".into(),
+                label: String::new(),
             }),
-        }];
-        assert!(resolve_spec("UUID=1111-AA", &parts).is_some());
-        assert!(resolve_spec("LABEL=boot", &parts).is_some());
-        assert!(resolve_spec("PARTUUID=abcd-02", &parts).is_some());
-        assert!(resolve_spec("/dev/vda2", &parts).is_some());
-        assert!(resolve_spec("/dev/nvme0n1p2", &parts).is_some());
-        assert!(resolve_spec("/dev/mapper/x", &parts).is_none());
+            mapping: Mapping::Refused(
+                "has 2 segments; vmfinal needs device-mapper to map it, which this host lacks"
+                    .into(),
+            ),
+        };
+        let msg = no_root_reason(&[lv], &[]);
+        assert!(
+            msg.starts_with(
+                "the root filesystem is on LVM logical volume vg/root (ext4), which has 2 segments"
+            ),
+            "{msg}"
+        );
+        assert_eq!(
+            no_root_reason(&[], &[]),
+            "no ext2/3/4, xfs or btrfs filesystem found on the image"
+        );
+    }
+
+    #[test]
+    fn fstab_parse() {
         let e = parse_fstab("UUID=x /mnt\\040a ext4 defaults 0 2\n# c\n");
         assert_eq!(e[0].mountpoint, "/mnt a");
     }
