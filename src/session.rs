@@ -368,7 +368,16 @@ pub fn with_dry_run_guest<T>(
     state.add_dir(&dir)?;
     state.add_dir(&dir.with_extension("dev"))?;
     let _dir_guard = MountDir(dir.clone());
-    let g = Guest::mount(image, &dir, true)?;
+    // A report of what is inside: a filesystem that cannot be mounted here
+    // is left out with a warning rather than stopping the look.
+    let g = Guest::mount(
+        image,
+        &dir,
+        guest::MountOptions {
+            read_only: true,
+            skip_unmountable: true,
+        },
+    )?;
     st.done();
     checkpoint("mount")?;
     let ctx = Ctx {

@@ -334,6 +334,8 @@ impl AnalyzeArgs {
             dry_run: true,
             allow_run: false,
             reclaim: crate::reclaim::ReclaimMode::None,
+            // Only a report: what cannot be mounted here is a warning.
+            skip_unmountable: true,
         }
     }
 }
