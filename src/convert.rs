@@ -68,13 +68,35 @@ pub fn convert(req: &ConvertRequest) -> anyhow::Result<ConvertReport> {
     if same_file(&req.input, &req.output) {
         return Err(OutputError::SameAsInput(req.output.clone()).into());
     }
+    convert_opened(req, src.as_ref(), started)
+}
+
+/// As `convert`, reading from `src` (already open: `finalize`'s
+/// copy-on-write view); `req.input` only names it in the report.
+pub fn convert_source(
+    req: &ConvertRequest,
+    src: &dyn image::BlockSource,
+) -> anyhow::Result<ConvertReport> {
+    let started = Instant::now();
+    validate(req)?;
+    if req.output != Path::new("-") {
+        crate::output::check_target(&req.output, req.force)?;
+    }
+    convert_opened(req, src, started)
+}
+
+fn convert_opened(
+    req: &ConvertRequest,
+    src: &dyn image::BlockSource,
+    started: Instant,
+) -> anyhow::Result<ConvertReport> {
     let vsize = src.virtual_size();
     check_size_limits(req, vsize)?;
     crate::interrupt::checkpoint("input")?;
 
     let allocated = extent::normalize(src.data_extents()?);
     let scan = if req.fs_aware {
-        crate::fs::scan(src.as_ref(), &allocated)
+        crate::fs::scan(src, &allocated)
     } else {
         FsScan::default()
     };
@@ -110,7 +132,7 @@ pub fn convert(req: &ConvertRequest) -> anyhow::Result<ConvertReport> {
             let (c, cs) = (req.compression, unit);
             let factory = move || cluster_encoder(c, Some(level), cs);
             let f: &EncoderFactory<'_> = &factory;
-            let stats = pipeline::run(src.as_ref(), &to_read, &cfg, Some(f), &mut w, &on_progress)
+            let stats = pipeline::run(src, &to_read, &cfg, Some(f), &mut w, &on_progress)
                 .map_err(|e| name_output(e, req, &tmp, &allocated))?;
             let n = w
                 .finish()
@@ -123,7 +145,7 @@ pub fn convert(req: &ConvertRequest) -> anyhow::Result<ConvertReport> {
             let mut w = ZstWriter::new(out.writer()?, tmp.clone(), vsize, unit, level)?;
             let factory = move || frame_encoder(level);
             let f: &EncoderFactory<'_> = &factory;
-            let stats = pipeline::run(src.as_ref(), &to_read, &cfg, Some(f), &mut w, &on_progress)
+            let stats = pipeline::run(src, &to_read, &cfg, Some(f), &mut w, &on_progress)
                 .map_err(|e| name_output(e, req, &tmp, &allocated))?;
             let n = w
                 .finish()
@@ -134,7 +156,7 @@ pub fn convert(req: &ConvertRequest) -> anyhow::Result<ConvertReport> {
             let unit = RAW_ZERO_GRANULARITY;
             let cfg = config(unit, pref, req.threads);
             let mut w = RawStreamWriter::new(out.writer()?, tmp.clone());
-            let stats = pipeline::run(src.as_ref(), &to_read, &cfg, None, &mut w, &on_progress)
+            let stats = pipeline::run(src, &to_read, &cfg, None, &mut w, &on_progress)
                 .map_err(|e| name_output(e, req, &tmp, &allocated))?;
             let n = w
                 .finish()
@@ -145,7 +167,7 @@ pub fn convert(req: &ConvertRequest) -> anyhow::Result<ConvertReport> {
             let unit = RAW_ZERO_GRANULARITY;
             let cfg = config(unit, pref, req.threads);
             let mut w = RawWriter::new(out.file()?, tmp.clone(), unit, vsize);
-            let stats = pipeline::run(src.as_ref(), &to_read, &cfg, None, &mut w, &on_progress)
+            let stats = pipeline::run(src, &to_read, &cfg, None, &mut w, &on_progress)
                 .map_err(|e| name_output(e, req, &tmp, &allocated))?;
             w.finish()
                 .map_err(|e| name_output(e, req, &tmp, &allocated))?;

@@ -23,3 +23,4 @@ pub mod reclaim;
 pub mod report;
 pub mod session;
 pub mod spool;
+pub mod view;

@@ -205,7 +205,7 @@ fn enospc_on_the_workspace_points_to_tmp() {
     ok(Command::new(repo.join("scripts/make-guest-image.sh"))
         .arg(repo.join("vm-fixtures/debian-mini/tree.txt"))
         .arg(&guest));
-    // A qcow2 input: the workspace is a decompressed copy.
+    // A qcow2 input: the workspace is a decompressed copy (--workspace copy).
     let q = d.path().join("guest.qcow2");
     ok(vmfinal()
         .args(["compact", "-q"])
@@ -219,6 +219,8 @@ fn enospc_on_the_workspace_points_to_tmp() {
     let r = run(vmfinal()
         .args([
             "finalize",
+            "--workspace",
+            "copy",
             "--profiles",
             "none",
             "--reclaim",
