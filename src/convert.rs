@@ -143,6 +143,9 @@ fn convert_opened(
             let unit = req.frame_size;
             let cfg = config(unit, pref, req.threads);
             let mut w = ZstWriter::new(out.writer()?, tmp.clone(), vsize, unit, level)?;
+            if !out.is_stream() {
+                w.set_writeback(out.file()?);
+            }
             let factory = move || frame_encoder(level);
             let f: &EncoderFactory<'_> = &factory;
             let stats = pipeline::run(src, &to_read, &cfg, Some(f), &mut w, &on_progress)

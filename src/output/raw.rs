@@ -68,6 +68,7 @@ impl Sink for RawWriter {
             self.bytes_written += (e - s) as u64;
             i = j;
         }
+        crate::output::start_writeback(&self.file, job.start, job.len);
         Ok(())
     }
 }
