@@ -12,11 +12,14 @@
 # to wall (2.0 = both cores of 2 busy all along), peak RSS and output bytes over
 # RUNS runs, with the ratios peer/vmfinal (time) and vmfinal/peer (size).
 #
-#   scripts/bench.sh [--runs N] [--data-mib MIB] [--image RAW] [--workdir DIR]
+#   scripts/bench.sh [--runs N] [--data-mib MIB] [--image RAW] [--workdir DIR] [--skip ROWS]
+# --skip takes a comma-separated list of row groups: zlib, zstd, zst, expand,
+# sparse, fs (e.g. --skip zlib,fs on a busy machine).
 #
 # Needs: cargo, qemu-img, zstd, GNU time (/usr/bin/time), e2fsprogs, sfdisk.
 set -euo pipefail
 runs=3
+skip=,
 data_mib=2048
 image=
 workdir=
@@ -26,7 +29,8 @@ while [ $# -gt 0 ]; do
     --data-mib) data_mib=$2; shift 2 ;;
     --image) image=$2; shift 2 ;;
     --workdir) workdir=$2; shift 2 ;;
-    *) echo "usage: $0 [--runs N] [--data-mib MIB] [--image RAW] [--workdir DIR]" >&2; exit 2 ;;
+    --skip) skip=",$2,"; shift 2 ;;
+    *) echo "usage: $0 [--runs N] [--data-mib MIB] [--image RAW] [--workdir DIR] [--skip ROWS]" >&2; exit 2 ;;
   esac
 done
 here=$(cd "$(dirname "$0")/.." && pwd)
@@ -68,16 +72,24 @@ run() {
 q="$workdir/out.qcow2"; z="$workdir/out.zst"
 # Warm the page cache once so every tool reads the same cached file.
 cat "$image" > /dev/null
+want() { case $skip in *",$1,"*) return 1 ;; esac; }
+if want zlib; then
 run "vmfinal qcow2 zlib"            "$q" "$vm" compact --format raw -q --force "$image" -o "$q" --compression zlib
 run "qemu-img -c zlib"              "$q" qemu-img convert -c -O qcow2 "$image" "$q"
 run "qemu-img -c zlib -m16 -W"      "$q" qemu-img convert -c -O qcow2 -m 16 -W "$image" "$q"
+fi
+if want zstd; then
 run "vmfinal qcow2 zstd"            "$q" "$vm" compact --format raw -q --force "$image" -o "$q" --compression zstd
 run "qemu-img -c zstd"              "$q" qemu-img convert -c -O qcow2 -o compression_type=zstd "$image" "$q"
 run "qemu-img -c zstd -m16 -W"      "$q" qemu-img convert -c -O qcow2 -o compression_type=zstd -m 16 -W "$image" "$q"
+fi
+if want zst; then
 run "vmfinal .zst"                  "$z" "$vm" compact --format raw -q --force "$image" -o "$z"
 run "zstd -T0 -3"                   "$z" zstd -q -f -T0 -3 "$image" -o "$z"
+fi
 
 # Reading: expand vmfinal's own outputs, against the peers reading the same file.
+if want expand; then
 iq="$workdir/in.qcow2"; iz="$workdir/in.zst"; r="$workdir/out.raw"
 "$vm" compact --format raw -q --force "$image" -o "$iq" --compression zstd
 "$vm" compact --format raw -q --force "$image" -o "$iz"
@@ -87,9 +99,11 @@ run "qemu-img convert -O raw"       "$r" qemu-img convert -O raw "$iq" "$r"
 run "vmfinal expand .zst"           "$r" "$vm" expand -q --force "$iz" -o "$r"
 run "zstd -d -T0"                   "$r" zstd -q -d -f -T0 "$iz" -o "$r"
 rm -f "$iq" "$iz"
+fi
 
 # Peak RSS on a sparse raw of 1 TiB virtual with 1 GiB of data in 1 MiB
 # pieces scattered over it (every 1 GiB).
+if want sparse; then
 sp="$workdir/sparse-1t.raw"
 python3 - "$sp" <<'PY'
 import os, sys
@@ -103,10 +117,13 @@ PY
 run "vmfinal sparse-1T qcow2 zstd"  "$q" "$vm" compact --format raw -q --force "$sp" -o "$q" --compression zstd
 run "vmfinal sparse-1T .zst"        "$z" "$vm" compact --format raw -q --force "$sp" -o "$z"
 rm -f "$sp"
+fi
 
 # Filesystem-aware rows (root): the dirtied bare ext4 fixture, against the
 # zerofree pipeline (sparse copy, zerofree, qemu-img convert -c -m 16 -W).
-if [ "$(id -u)" -eq 0 ] && command -v zerofree >/dev/null; then
+if ! want fs; then
+  :
+elif [ "$(id -u)" -eq 0 ] && command -v zerofree >/dev/null; then
   fx="$workdir/fixtures"
   [ -f "$fx/bare-ext4.raw" ] || "$here/scripts/make-fs-fixtures.sh" "$fx" >/dev/null
   dirty="$fx/bare-ext4.raw"
@@ -142,7 +159,10 @@ print(f"{'tool':30} {'wall s':>8} {'cpu s':>8} {'cpu/wall':>8} {'RSS MiB':>8} {'
 for n, (wall, cpu, rss, size) in med.items():
     extra = ""
     if n in peers:
-        v = med[peers[n]]
+        v = med.get(peers[n])
+        if v is None:
+            print(f"{n:30} {wall:8.2f} {cpu:8.2f} {cpu / max(wall, 0.01):8.2f} {rss / 1024:8.1f} {size / 2**20:11.1f}")
+            continue
         extra = f"{wall / v[0]:7.2f}x {v[3] / size:6.3f}x"
     print(f"{n:30} {wall:8.2f} {cpu:8.2f} {cpu / max(wall, 0.01):8.2f} {rss / 1024:8.1f} {size / 2**20:11.1f} {extra}")
 print("speedup = peer wall / vmfinal wall (higher is better for vmfinal); size = vmfinal bytes / peer bytes (lower is better)")

@@ -59,12 +59,32 @@ struct View {
     view: Arc<crate::view::CowView>,
 }
 
-/// Serves a copy-on-write view of the input through FUSE.
-fn open_view(a: &FinalizeArgs, dir: &Path, stem: &str) -> anyhow::Result<View> {
-    if !Path::new("/dev/fuse").exists() {
-        anyhow::bail!("this host has no /dev/fuse");
+/// Why there is no view: the input itself (an error for the user, as
+/// with any workspace), or the host (the copy is the fallback).
+#[derive(Debug, thiserror::Error)]
+enum ViewError {
+    #[error("{0:#}")]
+    Input(anyhow::Error),
+    #[error(transparent)]
+    Host(#[from] anyhow::Error),
+}
+impl From<std::io::Error> for ViewError {
+    fn from(e: std::io::Error) -> Self {
+        ViewError::Host(e.into())
     }
-    let base = image::open(&a.input, a.format)?;
+}
+impl From<crate::image::ImageError> for ViewError {
+    fn from(e: crate::image::ImageError) -> Self {
+        ViewError::Host(e.into())
+    }
+}
+
+/// Serves a copy-on-write view of the input through FUSE.
+fn open_view(a: &FinalizeArgs, dir: &Path, stem: &str) -> Result<View, ViewError> {
+    if !Path::new("/dev/fuse").exists() {
+        return Err(anyhow::anyhow!("this host has no /dev/fuse").into());
+    }
+    let base = image::open(&a.input, a.format).map_err(|e| ViewError::Input(e.into()))?;
     let view = Arc::new(crate::view::CowView::new(base, dir, stem)?);
     let mp =
         PathBuf::from(crate::guest::state::STATE_DIR).join(format!("{}.view", std::process::id()));
@@ -141,10 +161,11 @@ pub fn run(a: &FinalizeArgs) -> anyhow::Result<super::ExitCode> {
     } else {
         match open_view(a, &dir, &stem) {
             Ok(v) => view = Some(v),
-            Err(e) if a.workspace == WorkspaceMode::Fuse => {
+            Err(ViewError::Input(e)) => return Err(e),
+            Err(ViewError::Host(e)) if a.workspace == WorkspaceMode::Fuse => {
                 return Err(e.context("cannot serve a copy-on-write view through FUSE"));
             }
-            Err(e) => reason = Some(format!("no copy-on-write view: {e:#}")),
+            Err(ViewError::Host(e)) => reason = Some(format!("no copy-on-write view: {e:#}")),
         }
     }
     let mechanism = if use_input {
@@ -203,18 +224,28 @@ pub fn run(a: &FinalizeArgs) -> anyhow::Result<super::ExitCode> {
     };
     crate::interrupt::checkpoint("workspace")?;
 
-    let mut guest = session::run_guest(&ws.path, &profiles, &a.guest, &mut state, true)?;
+    let overlay_failed = |v: &View| {
+        v.view.error().map(|e| {
+            anyhow::anyhow!(
+                "the copy-on-write overlay in {} failed while the guest was mounted ({e}); the guest's changes are incomplete, so nothing was written: free space there or choose another directory with --tmp DIR",
+                v.view.overlay_dir().display()
+            )
+        })
+    };
+    let guest = session::run_guest(&ws.path, &profiles, &a.guest, &mut state, true);
+    // An overlay that failed explains whatever the guest then did wrong.
+    let mut guest = match (guest, view.as_ref().and_then(overlay_failed)) {
+        (_, Some(e)) => return Err(e),
+        (g, None) => g?,
+    };
     // The guest's mounts and loop devices are gone: the FUSE mount next.
     let mut overlay_bytes = 0u64;
     if let Some(v) = &mut view {
         if let Some(w) = v.fuse.unmount() {
             guest.warnings.push(w);
         }
-        if let Some(e) = v.view.error() {
-            anyhow::bail!(
-                "the copy-on-write overlay in {} failed while the guest was mounted ({e}); the guest's changes are incomplete, so nothing was written: free space there or choose another directory with --tmp DIR",
-                v.view.overlay_dir().display()
-            );
+        if let Some(e) = overlay_failed(v) {
+            return Err(e);
         }
         overlay_bytes = v.view.overlay_allocated();
     }
