@@ -13,7 +13,7 @@ use crate::image::qcow2::writer::{Qcow2Writer, Qcow2WriterOptions, cluster_encod
 use crate::image::zst::{MAX_FRAME_BYTES, MAX_FRAMES, ZstWriter, frame_encoder};
 use crate::image::{self, ImageFormat};
 use crate::output::dest::Destination;
-use crate::output::raw::{RawStreamWriter, RawWriter};
+use crate::output::raw::{RawPositional, RawStreamWriter, RawWriter, Written};
 use crate::output::{OutputError, same_file};
 use crate::pipeline::{self, EncoderFactory, PipelineConfig, PipelineError, PipelineStats};
 use crate::progress::Transfer;
@@ -169,9 +169,19 @@ fn convert_opened(
         ImageFormat::Raw => {
             let unit = RAW_ZERO_GRANULARITY;
             let cfg = config(unit, pref, req.threads);
-            let mut w = RawWriter::new(out.file()?, tmp.clone(), unit, vsize);
-            let stats = pipeline::run(src, &to_read, &cfg, None, &mut w, &on_progress)
-                .map_err(|e| name_output(e, req, &tmp, &allocated))?;
+            let w = RawWriter::new(out.file()?, tmp.clone(), unit, vsize);
+            // The workers write their own jobs (positioned writes).
+            let pw = RawPositional::new(out.file()?, tmp.clone(), unit, vsize);
+            let stats = pipeline::run_with(
+                src,
+                &to_read,
+                &cfg,
+                None,
+                &mut Written,
+                &on_progress,
+                Some(&pw),
+            )
+            .map_err(|e| name_output(e, req, &tmp, &allocated))?;
             w.finish()
                 .map_err(|e| name_output(e, req, &tmp, &allocated))?;
             let alloc = std::fs::metadata(&tmp)
