@@ -12,8 +12,12 @@
 #       deletions (all of /var/cache, copyright files), for equal content
 # Each row: wall seconds, peak RSS (the largest process), artifact bytes, and
 # vmfinal's speedup and size ratio against it (same codec).
+#   (e) vmfinal finalize --profiles defaults against vmfinal compact of the same
+#       input with the same options (zstd qcow2), and finalize --workspace copy
+#       (the full raw copy): medians of 3 of wall and CPU seconds, peak RSS,
+#       and finalize's extra disk use (the overlay) against the guest's used bytes
 #
-#   scripts/bench-pipeline.sh [--image RAW] [--workdir DIR] [--skip-guestfs]
+#   scripts/bench-pipeline.sh [--image RAW] [--workdir DIR] [--skip-guestfs] [--only-e]
 # Needs root. The (b) chroot takes several minutes to build the first time.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,11 +25,13 @@ repo=$PWD
 image=
 workdir=/var/tmp
 skip_gfs=0
+only_e=0
 while [ $# -gt 0 ]; do
   case $1 in
     --image) image=$2; shift 2 ;;
     --workdir) workdir=$2; shift 2 ;;
     --skip-guestfs) skip_gfs=1; shift ;;
+    --only-e) only_e=1; skip_gfs=1; shift ;;
     *) echo "bench-pipeline.sh: unknown option $1" >&2; exit 2 ;;
   esac
 done
@@ -40,6 +46,61 @@ if [ "$skip_gfs" = 0 ]; then gfs=$(scripts/make-guestfs-chroot.sh); fi
 
 res=$W/results.tsv
 : > "$res"
+
+# (e) finalize vs compact of the same input, same options; medians of 3.
+# The page cache is warmed once (not dropped): every run reads the same
+# cached input, so the rows compare CPU and waiting, not the disk.
+e_rows() {
+  local e=$W/e.tsv i row
+  : > "$e"
+  cat "$image" > /dev/null
+  for i in 1 2 3; do
+    for row in compact finalize finalize-copy; do
+      local cmd=("$V" compact --format raw -q --force --compression zstd -o "$W/e.qcow2" "$image")
+      case $row in
+        finalize) cmd=("$V" finalize --format raw --json --force --profiles defaults --compression zstd --tmp "$W" -o "$W/e.qcow2" "$image") ;;
+        finalize-copy) cmd=("$V" finalize --format raw --json --force --profiles defaults --compression zstd --tmp "$W" --workspace copy -o "$W/e.qcow2" "$image") ;;
+      esac
+      sync
+      /usr/bin/time -f '%e %U %S %M' -o "$W/t" "${cmd[@]}" > "$W/e.json" 2> "$W/log.e" ||
+        { echo "bench-pipeline: (e) $row failed:" >&2; tail -20 "$W/log.e" >&2; exit 1; }
+      qemu-img check -q "$W/e.qcow2"
+      python3 - "$row" "$W/t" "$W/e.json" "$W/e.qcow2" >> "$e" <<'PY'
+import json, os, sys
+row, t, j, art = sys.argv[1:5]
+wall, usr, sys_, rss = open(t).read().split()
+ov = used = ""
+if row.startswith("finalize"):
+    d = json.load(open(j))
+    ov = d["workspace"].get("overlay_allocated_bytes") or ""
+    used = sum(f["used_before"] for f in d["guest"]["filesystems"])
+    if row == "finalize-copy":
+        ov = d["workspace_allocated_bytes"]
+print(f"{row}\t{wall}\t{float(usr) + float(sys_):.2f}\t{rss}\t{os.path.getsize(art)}\t{ov}\t{used}")
+PY
+    done
+  done
+  echo "(e) vmfinal finalize vs compact, $(basename "$image"), --compression zstd, medians of 3 (warm page cache)"
+  python3 - "$e" <<'PY'
+import sys, statistics, collections
+rows = collections.OrderedDict()
+for l in open(sys.argv[1]):
+    r = l.rstrip("\n").split("\t")
+    rows.setdefault(r[0], []).append(r)
+med = lambda v, i: statistics.median(float(x[i]) for x in v)
+cw = med(rows["compact"], 1)
+print("| row | wall s | cpu s | cpu/wall | peak RSS MiB | artifact MiB | wall / compact | extra disk | of guest used |")
+print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+for n, v in rows.items():
+    w, c = med(v, 1), med(v, 2)
+    extra = pct = ""
+    if v[0][5]:
+        ov, used = med(v, 5), med(v, 6)
+        extra, pct = f"{ov / 2**20:.1f} MiB", f"{100 * ov / used:.2f}%"
+    print(f"| {n} | {w:.2f} | {c:.2f} | {c / w:.2f} | {med(v, 3) / 1024:.0f} | {med(v, 4) / 2**20:.1f} | {w / cw:.2f} | {extra} | {pct} |")
+PY
+}
+if [ "$only_e" = 1 ]; then e_rows; exit 0; fi
 # timed NAME CMD...: runs CMD; sets T_WALL (s) and T_RSS (KiB, largest process)
 timed() {
   local name=$1; shift
@@ -161,6 +222,7 @@ for c in zlib zstd; do
   record "(d') vmfinal finalize, same deletions as (a) ($c)" "$w" "$r" "$W/p-$c.qcow2"
 done
 
+e_rows
 echo "image: $(basename "$image"), $(( $(stat -c %s "$image") >> 20 )) MiB virtual, $(( $(stat -c %b "$image") * 512 >> 20 )) MiB allocated; $(nproc) cores; $(date -u +%F)"
 python3 - "$res" <<'PY'
 import sys

@@ -13,7 +13,7 @@ use crate::image::qcow2::writer::{Qcow2Writer, Qcow2WriterOptions, cluster_encod
 use crate::image::zst::{MAX_FRAME_BYTES, MAX_FRAMES, ZstWriter, frame_encoder};
 use crate::image::{self, ImageFormat};
 use crate::output::dest::Destination;
-use crate::output::raw::{RawStreamWriter, RawWriter};
+use crate::output::raw::{RawPositional, RawStreamWriter, RawWriter, Written};
 use crate::output::{OutputError, same_file};
 use crate::pipeline::{self, EncoderFactory, PipelineConfig, PipelineError, PipelineStats};
 use crate::progress::Transfer;
@@ -68,13 +68,35 @@ pub fn convert(req: &ConvertRequest) -> anyhow::Result<ConvertReport> {
     if same_file(&req.input, &req.output) {
         return Err(OutputError::SameAsInput(req.output.clone()).into());
     }
+    convert_opened(req, src.as_ref(), started)
+}
+
+/// As `convert`, reading from `src` (already open: `finalize`'s
+/// copy-on-write view); `req.input` only names it in the report.
+pub fn convert_source(
+    req: &ConvertRequest,
+    src: &dyn image::BlockSource,
+) -> anyhow::Result<ConvertReport> {
+    let started = Instant::now();
+    validate(req)?;
+    if req.output != Path::new("-") {
+        crate::output::check_target(&req.output, req.force)?;
+    }
+    convert_opened(req, src, started)
+}
+
+fn convert_opened(
+    req: &ConvertRequest,
+    src: &dyn image::BlockSource,
+    started: Instant,
+) -> anyhow::Result<ConvertReport> {
     let vsize = src.virtual_size();
     check_size_limits(req, vsize)?;
     crate::interrupt::checkpoint("input")?;
 
     let allocated = extent::normalize(src.data_extents()?);
     let scan = if req.fs_aware {
-        crate::fs::scan(src.as_ref(), &allocated)
+        crate::fs::scan(src, &allocated)
     } else {
         FsScan::default()
     };
@@ -110,7 +132,7 @@ pub fn convert(req: &ConvertRequest) -> anyhow::Result<ConvertReport> {
             let (c, cs) = (req.compression, unit);
             let factory = move || cluster_encoder(c, Some(level), cs);
             let f: &EncoderFactory<'_> = &factory;
-            let stats = pipeline::run(src.as_ref(), &to_read, &cfg, Some(f), &mut w, &on_progress)
+            let stats = pipeline::run(src, &to_read, &cfg, Some(f), &mut w, &on_progress)
                 .map_err(|e| name_output(e, req, &tmp, &allocated))?;
             let n = w
                 .finish()
@@ -121,9 +143,12 @@ pub fn convert(req: &ConvertRequest) -> anyhow::Result<ConvertReport> {
             let unit = req.frame_size;
             let cfg = config(unit, pref, req.threads);
             let mut w = ZstWriter::new(out.writer()?, tmp.clone(), vsize, unit, level)?;
+            if !out.is_stream() {
+                w.set_writeback(out.file()?);
+            }
             let factory = move || frame_encoder(level);
             let f: &EncoderFactory<'_> = &factory;
-            let stats = pipeline::run(src.as_ref(), &to_read, &cfg, Some(f), &mut w, &on_progress)
+            let stats = pipeline::run(src, &to_read, &cfg, Some(f), &mut w, &on_progress)
                 .map_err(|e| name_output(e, req, &tmp, &allocated))?;
             let n = w
                 .finish()
@@ -134,7 +159,7 @@ pub fn convert(req: &ConvertRequest) -> anyhow::Result<ConvertReport> {
             let unit = RAW_ZERO_GRANULARITY;
             let cfg = config(unit, pref, req.threads);
             let mut w = RawStreamWriter::new(out.writer()?, tmp.clone());
-            let stats = pipeline::run(src.as_ref(), &to_read, &cfg, None, &mut w, &on_progress)
+            let stats = pipeline::run(src, &to_read, &cfg, None, &mut w, &on_progress)
                 .map_err(|e| name_output(e, req, &tmp, &allocated))?;
             let n = w
                 .finish()
@@ -144,9 +169,19 @@ pub fn convert(req: &ConvertRequest) -> anyhow::Result<ConvertReport> {
         ImageFormat::Raw => {
             let unit = RAW_ZERO_GRANULARITY;
             let cfg = config(unit, pref, req.threads);
-            let mut w = RawWriter::new(out.file()?, tmp.clone(), unit, vsize);
-            let stats = pipeline::run(src.as_ref(), &to_read, &cfg, None, &mut w, &on_progress)
-                .map_err(|e| name_output(e, req, &tmp, &allocated))?;
+            let w = RawWriter::new(out.file()?, tmp.clone(), unit, vsize);
+            // The workers write their own jobs (positioned writes).
+            let pw = RawPositional::new(out.file()?, tmp.clone(), unit, vsize);
+            let stats = pipeline::run_with(
+                src,
+                &to_read,
+                &cfg,
+                None,
+                &mut Written,
+                &on_progress,
+                Some(&pw),
+            )
+            .map_err(|e| name_output(e, req, &tmp, &allocated))?;
             w.finish()
                 .map_err(|e| name_output(e, req, &tmp, &allocated))?;
             let alloc = std::fs::metadata(&tmp)

@@ -27,4 +27,5 @@ pub mod report;
 pub mod session;
 pub mod spool;
 pub mod text;
+pub mod view;
 pub mod workspace;

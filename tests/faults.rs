@@ -205,7 +205,7 @@ fn enospc_on_the_workspace_points_to_tmp() {
     ok(Command::new(repo.join("scripts/make-guest-image.sh"))
         .arg(repo.join("vm-fixtures/debian-mini/tree.txt"))
         .arg(&guest));
-    // A qcow2 input: the workspace is a decompressed copy.
+    // A qcow2 input: the workspace is a decompressed copy (--workspace copy).
     let q = d.path().join("guest.qcow2");
     ok(vmfinal()
         .args(["compact", "-q"])
@@ -219,6 +219,8 @@ fn enospc_on_the_workspace_points_to_tmp() {
     let r = run(vmfinal()
         .args([
             "finalize",
+            "--workspace",
+            "copy",
             "--profiles",
             "none",
             "--reclaim",
@@ -322,4 +324,61 @@ fn sigkill_at_every_stage_of_compact() {
         killed_with_temp > 0,
         "no kill landed while the temporary output existed"
     );
+}
+
+/// ENOSPC on the copy-on-write view's overlay (a 64 KiB tmpfs as --tmp,
+/// mounted in a private namespace of its own): the guest's writes fail,
+/// and finalize says so in one line naming --tmp; no artifact, the input
+/// unchanged, nothing left mounted or attached.
+#[test]
+fn enospc_on_the_overlay_points_to_tmp() {
+    if !root() {
+        return;
+    }
+    if !Path::new("/dev/fuse").exists() {
+        assert!(std::env::var("CI").is_err(), "CI=true but no /dev/fuse");
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let guest = d.path().join("guest.raw");
+    ok(Command::new(repo.join("scripts/make-guest-image.sh"))
+        .arg(repo.join("vm-fixtures/debian-mini/tree.txt"))
+        .arg(&guest));
+    let q = d.path().join("guest.qcow2");
+    ok(vmfinal()
+        .args(["compact", "-q"])
+        .arg(&guest)
+        .arg("-o")
+        .arg(&q));
+    std::fs::remove_file(&guest).unwrap();
+    let sum = sha256(&q);
+    let tiny = d.path().join("tiny");
+    std::fs::create_dir(&tiny).unwrap();
+    let out = d.path().join("golden.qcow2");
+    let script = format!(
+        "mount -t tmpfs -o size=64k tmpfs '{t}' && exec '{v}' finalize -q --workspace fuse --tmp '{t}' -o '{o}' '{q}'",
+        t = tiny.display(),
+        v = env!("CARGO_BIN_EXE_vmfinal"),
+        o = out.display(),
+        q = q.display()
+    );
+    let r = run(Command::new("unshare").args(["-m", "sh", "-c", &script]));
+    let stderr = String::from_utf8_lossy(&r.stderr).into_owned();
+    let lines: Vec<&str> = stderr
+        .lines()
+        .filter(|l| !l.starts_with("vmfinal: cleanup:") && !l.trim().is_empty())
+        .collect();
+    assert!(
+        r.status.code().is_some_and(|c| c != 0 && c != 101),
+        "{stderr}"
+    );
+    assert_eq!(lines.len(), 1, "{stderr}");
+    assert!(
+        lines[0].contains("overlay") && lines[0].contains("--tmp"),
+        "{stderr}"
+    );
+    assert_eq!(sha256(&q), sum);
+    cleanup_leaves_nothing(&[d.path()], &[&["guest.qcow2", "tiny"]]);
+    assert_only(&tiny, &[]);
 }

@@ -150,9 +150,22 @@ fn planned(v: &serde_json::Value) -> Vec<(String, String, String)> {
     out
 }
 
+/// Is `pid` a live vmfinal run?
+fn alive_vmfinal(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == "vmfinal")
+}
+
 fn no_leftovers(dir: &Path) {
     let loops =
         String::from_utf8_lossy(&run(Command::new("losetup").arg("-a")).stdout).into_owned();
+    // Loops over a dead run's FUSE view (/run/vmfinal/PID.view).
+    for l in loops.lines() {
+        if let Some(rest) = l.split("/run/vmfinal/").nth(1)
+            && let Some(pid) = rest.split('.').next().and_then(|p| p.parse().ok())
+        {
+            assert!(alive_vmfinal(pid), "loop over a dead run's view: {l}");
+        }
+    }
     assert!(
         !loops.contains(&dir.display().to_string()),
         "loop devices left over: {loops}"
@@ -668,34 +681,43 @@ fn interrupted_finalize_leaves_nothing() {
         assert_only(d.path(), &["deb.raw"]);
         no_leftovers(d.path());
     }
-    // SIGKILL after mounting: the namespace dies with the process; the
-    // next run sweeps the workspace it left.
-    let mut child = vmfinal()
-        .args(["finalize", "-q", "-o"])
-        .arg(&out)
-        .arg(&img)
-        .env("VMFINAL_TEST_PAUSE", "clean")
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    wait_for_pause(&mut child, "clean");
-    child.kill().unwrap();
-    child.wait().unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(500));
-    let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
-    assert!(
-        !mounts.contains("/run/vmfinal"),
-        "mount visible after SIGKILL"
-    );
-    let c = ok(vmfinal().arg("cleanup"));
-    let said = String::from_utf8_lossy(&c.stderr);
-    assert!(
-        said.contains(".vmfinal-ws-"),
-        "cleanup did not remove the workspace: {said}"
-    );
-    assert_only(d.path(), &["deb.raw"]);
-    no_leftovers(d.path());
-    assert_eq!(sha(&img), sum);
+    // SIGKILL after mounting: the namespace dies with the process (with it
+    // the guest's mounts and the FUSE mount of the copy-on-write view; the
+    // loop devices detach themselves). The view's overlay was unlinked when
+    // it was made, so nothing is left; a raw copy is swept by the next run.
+    for how in ["fuse", "copy"] {
+        let mut child = vmfinal()
+            .args(["finalize", "-q", "--workspace", how, "-o"])
+            .arg(&out)
+            .arg(&img)
+            .env("VMFINAL_TEST_PAUSE", "clean")
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        wait_for_pause(&mut child, "clean");
+        child.kill().unwrap();
+        child.wait().unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
+        assert!(
+            !mounts.contains("/run/vmfinal") && !mounts.contains("fuse.vmfinal"),
+            "{how}: mount visible after SIGKILL"
+        );
+        if how == "fuse" {
+            assert_only(d.path(), &["deb.raw"]);
+        }
+        let c = ok(vmfinal().arg("cleanup"));
+        let said = String::from_utf8_lossy(&c.stderr);
+        if how == "copy" {
+            assert!(
+                said.contains(".vmfinal-ws-"),
+                "cleanup did not remove the workspace: {said}"
+            );
+        }
+        assert_only(d.path(), &["deb.raw"]);
+        no_leftovers(d.path());
+        assert_eq!(sha(&img), sum);
+    }
     // And a normal run afterwards works.
     ok(vmfinal().args(["finalize", "-q", "-o"]).arg(&out).arg(&img));
     assert!(out.exists());
@@ -845,5 +867,69 @@ fn run_steps_need_allow_run() {
     );
     assert!(step["actions"].as_array().unwrap().is_empty());
     assert!(!listing(&img).contains("/root/ran"));
+    no_leftovers(d.path());
+}
+
+/// The copy-on-write view through FUSE (the default where the host has
+/// /dev/fuse) gives the same guest as the full raw copy: same files and
+/// sizes, both filesystems clean by e2fsck; the overlay holds only what
+/// cleaning wrote, and the input is untouched.
+#[test]
+fn finalize_through_the_fuse_view_equals_the_copy() {
+    if !root_ok() || !have("qemu-img") {
+        return;
+    }
+    if !Path::new("/dev/fuse").exists() {
+        assert!(std::env::var("CI").is_err(), "CI=true but no /dev/fuse");
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    let raw = d.path().join("deb.raw");
+    make_image("debian-mini", &raw);
+    for fmt in ["qcow2", "zst"] {
+        let input = d.path().join(format!("in.{fmt}"));
+        ok(vmfinal()
+            .args(["compact", "-q", "-O", fmt])
+            .arg(&raw)
+            .arg("-o")
+            .arg(&input));
+        let sum = sha(&input);
+        let mut trees = Vec::new();
+        for how in ["fuse", "copy"] {
+            let out = d.path().join(format!("out-{how}.qcow2"));
+            let v = json(&ok(vmfinal()
+                .args(["finalize", "--json", "--workspace", how, "-o"])
+                .arg(&out)
+                .arg(&input)));
+            let want = if how == "fuse" { "fuse-view" } else { "copy" };
+            assert_eq!(v["workspace"]["mechanism"], want, "{v}");
+            if how == "fuse" {
+                let ov = v["workspace"]["overlay_allocated_bytes"].as_u64().unwrap();
+                let used: u64 = v["guest"]["filesystems"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|f| f["used_before"].as_u64().unwrap())
+                    .sum();
+                assert!(ov > 0 && ov < used / 10, "overlay {ov} of {used} used");
+            }
+            assert_eq!(sha(&input), sum, "{how}: the input changed");
+            ok(Command::new("qemu-img").arg("check").arg(&out));
+            let exp = d.path().join(format!("exp-{how}.raw"));
+            ok(vmfinal().args(["expand", "-q", "-o"]).arg(&exp).arg(&out));
+            fsck_clean(&exp);
+            let files = listing(&exp);
+            let sizes: Vec<(String, Option<u64>)> = ["/etc/fstab", "/etc/machine-id", "/var/log"]
+                .iter()
+                .map(|p| (p.to_string(), file_size(&exp, p)))
+                .collect();
+            trees.push((files, sizes));
+            std::fs::remove_file(&exp).unwrap();
+            std::fs::remove_file(&out).unwrap();
+        }
+        assert_eq!(trees[0], trees[1], "{fmt}: the view and the copy differ");
+        std::fs::remove_file(&input).unwrap();
+    }
+    assert_only(d.path(), &["deb.raw"]);
     no_leftovers(d.path());
 }

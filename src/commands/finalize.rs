@@ -1,11 +1,17 @@
-//! `vmfinal finalize IN -o OUT`: the whole line. A sparse raw workspace
-//! (from a qcow2 or .zst through our own reader, or a sparse copy of a raw
-//! image; the raw input itself with --in-place), the guest mounted and
-//! cleaned by profiles, free space reclaimed, unmounted, then compacted
-//! into OUT with every `compact` output option. The input is never changed
-//! unless --in-place.
+//! `vmfinal finalize IN -o OUT`: the whole line. A writable workspace of
+//! the input, the guest mounted and cleaned by profiles, free space
+//! reclaimed, unmounted, then compacted into OUT with every `compact`
+//! output option. The input is never changed unless --in-place.
+//!
+//! The workspace is, in order of preference: a copy-on-write view
+//! (`view`: reads from the input through our own readers, writes to a
+//! sparse overlay under --tmp) served through FUSE for the loop devices,
+//! and compacted in-process; else a sparse raw copy of the whole input
+//! (the host has no FUSE, or --workspace copy / --keep-workspace); the raw
+//! input itself with --in-place (and for a dry run of a raw input).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 
 use super::compact::OutputArgs;
@@ -26,16 +32,67 @@ pub struct FinalizeArgs {
     /// Clean a raw input in place instead of a sparse copy of it
     #[arg(long)]
     pub in_place: bool,
-    /// Keep the cleaned raw workspace (its path is printed)
+    /// Keep the cleaned raw workspace (its path is printed; implies --workspace copy)
     #[arg(long)]
     pub keep_workspace: bool,
     /// Write a self-contained HTML report of the guest before and after cleaning
     #[arg(long, value_name = "FILE.html")]
     pub report: Option<PathBuf>,
+    /// fuse: a copy-on-write view of the input (only what cleaning writes
+    /// is stored, under --tmp); copy: a sparse raw copy of the whole input;
+    /// auto: fuse where the host has it, else copy
+    #[arg(long, value_enum, default_value = "auto", value_name = "HOW")]
+    pub workspace: WorkspaceMode,
     #[command(flatten)]
     pub guest: GuestArgs,
     #[command(flatten)]
     pub out: OutputArgs,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum WorkspaceMode {
+    Auto,
+    Fuse,
+    Copy,
+}
+
+/// The copy-on-write view and its FUSE mount (unmounted first on drop).
+struct View {
+    fuse: crate::view::fuse::FuseView,
+    view: Arc<crate::view::CowView>,
+}
+
+/// Why there is no view: the input itself (an error for the user, as
+/// with any workspace), or the host (the copy is the fallback).
+#[derive(Debug, thiserror::Error)]
+enum ViewError {
+    #[error("{0:#}")]
+    Input(anyhow::Error),
+    #[error(transparent)]
+    Host(#[from] anyhow::Error),
+}
+impl From<std::io::Error> for ViewError {
+    fn from(e: std::io::Error) -> Self {
+        ViewError::Host(e.into())
+    }
+}
+impl From<crate::image::ImageError> for ViewError {
+    fn from(e: crate::image::ImageError) -> Self {
+        ViewError::Host(e.into())
+    }
+}
+
+/// Serves a copy-on-write view of the input through FUSE.
+fn open_view(a: &FinalizeArgs, dir: &Path, stem: &str) -> Result<View, ViewError> {
+    if !Path::new("/dev/fuse").exists() {
+        return Err(anyhow::anyhow!("this host has no /dev/fuse").into());
+    }
+    let base = image::open(&a.input, a.format).map_err(|e| ViewError::Input(e.into()))?;
+    let view = Arc::new(crate::view::CowView::new(base, dir, stem)?);
+    let mp =
+        PathBuf::from(crate::guest::state::STATE_DIR).join(format!("{}.view", std::process::id()));
+    let fuse = crate::view::fuse::FuseView::serve(view.clone(), &mp, a.guest.dry_run)?;
+    Ok(View { fuse, view })
 }
 
 /// The workspace file; removed on drop unless it is the input or kept.
@@ -86,25 +143,64 @@ pub fn run(a: &FinalizeArgs) -> anyhow::Result<super::ExitCode> {
     // The workspace.
     let st = crate::progress::stage("workspace");
     let t = Instant::now();
-    let ws = if in_fmt == ImageFormat::Raw && (a.in_place || a.guest.dry_run) {
+    let dir = match &a.tmp {
+        Some(d) => d.clone(),
+        None => match req.output.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
+            _ => PathBuf::from("."),
+        },
+    };
+    let stem = a
+        .input
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "disk".into());
+    let use_input = in_fmt == ImageFormat::Raw && (a.in_place || a.guest.dry_run);
+    let mut reason: Option<String> = None;
+    let mut view: Option<View> = None;
+    if use_input {
         // A dry run reads the raw input through read-only loop devices.
+    } else if a.keep_workspace {
+        reason = Some("--keep-workspace keeps a raw copy".into());
+    } else if a.workspace == WorkspaceMode::Copy {
+        reason = Some("--workspace copy".into());
+    } else if a.report.is_some() {
+        // The page inspects the cleaned guest again after compaction,
+        // when the view is gone.
+        if a.workspace == WorkspaceMode::Fuse {
+            anyhow::bail!(
+                "--report reads the cleaned guest from a raw copy: use --workspace auto or copy"
+            );
+        }
+        reason = Some("--report reads the cleaned guest from a raw copy".into());
+    } else {
+        match open_view(a, &dir, &stem) {
+            Ok(v) => view = Some(v),
+            Err(ViewError::Input(e)) => return Err(e),
+            Err(ViewError::Host(e)) if a.workspace == WorkspaceMode::Fuse => {
+                return Err(e.context("cannot serve a copy-on-write view through FUSE"));
+            }
+            Err(ViewError::Host(e)) => reason = Some(format!("no copy-on-write view: {e:#}")),
+        }
+    }
+    let mechanism = if use_input {
+        "input"
+    } else if view.is_some() {
+        "fuse-view"
+    } else {
+        "copy"
+    };
+    let ws = if use_input {
         Workspace {
             path: a.input.clone(),
             remove: false,
         }
+    } else if let Some(v) = &view {
+        Workspace {
+            path: v.fuse.path().to_owned(),
+            remove: false,
+        }
     } else {
-        let dir = match &a.tmp {
-            Some(d) => d.clone(),
-            None => match req.output.parent() {
-                Some(p) if !p.as_os_str().is_empty() => p.to_owned(),
-                _ => PathBuf::from("."),
-            },
-        };
-        let stem = a
-            .input
-            .file_stem()
-            .map(|s| s.to_string_lossy().into_owned())
-            .unwrap_or_else(|| "disk".into());
         let path = dir.join(format!(".vmfinal-ws-{}-{stem}.raw", std::process::id()));
         state.add_file(&path)?;
         state.add_file(&crate::output::temp_path_for(&path))?;
@@ -149,7 +245,36 @@ pub fn run(a: &FinalizeArgs) -> anyhow::Result<super::ExitCode> {
         )?),
         None => None,
     };
-    let guest = session::run_guest(&ws.path, &profiles, &a.guest, &mut state, true)?;
+    let overlay_failed = |v: &View| {
+        v.view.error().map(|e| {
+            anyhow::anyhow!(
+                "the copy-on-write overlay in {} failed while the guest was mounted ({e}); the guest's changes are incomplete, so nothing was written: free space there or choose another directory with --tmp DIR",
+                v.view.overlay_dir().display()
+            )
+        })
+    };
+    let guest = session::run_guest(&ws.path, &profiles, &a.guest, &mut state, true);
+    // An overlay that failed explains whatever the guest then did wrong.
+    let mut guest = match (guest, view.as_ref().and_then(overlay_failed)) {
+        (_, Some(e)) => return Err(e),
+        (g, None) => g?,
+    };
+    // The guest's mounts and loop devices are gone: the FUSE mount next.
+    let mut overlay_bytes = 0u64;
+    if let Some(v) = &mut view {
+        if let Some(w) = v.fuse.unmount() {
+            guest.warnings.push(w);
+        }
+        if let Some(e) = overlay_failed(v) {
+            return Err(e);
+        }
+        overlay_bytes = v.view.overlay_allocated();
+    }
+    let workspace_json = serde_json::json!({
+        "mechanism": mechanism,
+        "reason": reason,
+        "overlay_allocated_bytes": view.as_ref().map(|_| overlay_bytes),
+    });
     for (k, v) in &guest.stages {
         stages.insert(k.clone(), *v);
     }
@@ -161,6 +286,7 @@ pub fn run(a: &FinalizeArgs) -> anyhow::Result<super::ExitCode> {
             "dry_run": artifact.is_none(),
             "input": {"path": a.input, "format": in_fmt, "allocated_bytes": in_alloc},
             "guest": guest,
+            "workspace": workspace_json,
             "stages": stages,
         });
         if let (Some(art), Some(o)) = (artifact, v.as_object_mut()) {
@@ -194,18 +320,28 @@ pub fn run(a: &FinalizeArgs) -> anyhow::Result<super::ExitCode> {
     crate::interrupt::checkpoint("compact")?;
     let st = crate::progress::stage("compact");
     let t = Instant::now();
-    req.input = ws.path.clone();
-    req.input_format = Some(ImageFormat::Raw);
     req.fs_aware = true;
     state.add_file(&crate::output::temp_path_for(&req.output))?;
     // The workspace must still hold exactly what was cleaned and checked,
     // before compaction reads it and after (else no artifact).
-    crate::guest::verify::recheck(&ws.path, &guest.verified, "between cleaning and compaction")?;
-    let report = convert::convert(&req)?;
-    if let Err(e) = crate::guest::verify::recheck(&ws.path, &guest.verified, "during compaction") {
+    let recheck = |when: &str| match &view {
+        Some(v) => crate::guest::verify::recheck_source(v.view.as_ref(), &guest.verified, when),
+        None => crate::guest::verify::recheck(&ws.path, &guest.verified, when),
+    };
+    recheck("between cleaning and compaction")?;
+    let report = if let Some(v) = &view {
+        // The merged view, read in-process (no FUSE round trip).
+        convert::convert_source(&req, v.view.as_ref())?
+    } else {
+        req.input = ws.path.clone();
+        req.input_format = Some(ImageFormat::Raw);
+        convert::convert(&req)?
+    };
+    if let Err(e) = recheck("during compaction") {
         let _ = std::fs::remove_file(&req.output);
         return Err(e);
     }
+    drop(view);
     // What the cleaned guest still holds: the workspace's allocated bytes
     // minus the filesystems' free space (which compaction skipped).
     let cleaned = report
@@ -231,6 +367,7 @@ pub fn run(a: &FinalizeArgs) -> anyhow::Result<super::ExitCode> {
         "freed_bytes": guest.freed_bytes,
         "profiles": guest.profiles.iter().filter(|p| p.applicable).map(|p| p.name.clone()).collect::<Vec<_>>(),
         "total_seconds": t0.elapsed().as_secs_f64(),
+        "workspace": workspace_json,
     });
     if a.keep_workspace && ws.path != a.input {
         eprintln!("vmfinal: workspace kept: {}", ws.path.display());
@@ -245,6 +382,18 @@ pub fn run(a: &FinalizeArgs) -> anyhow::Result<super::ExitCode> {
         println!("{}", serde_json::to_string_pretty(&v)?);
     } else if !a.out.quiet {
         session::print_human(&guest, false);
+        match mechanism {
+            "fuse-view" => eprintln!(
+                "workspace: copy-on-write view of the input through FUSE ({} written to the overlay in {})",
+                crate::report::human_bytes(overlay_bytes),
+                dir.display()
+            ),
+            "copy" => eprintln!(
+                "workspace: a raw copy of the input ({})",
+                reason.as_deref().unwrap_or("")
+            ),
+            _ => {}
+        }
         for w in &report.warnings {
             eprintln!("vmfinal: warning: {w}");
         }

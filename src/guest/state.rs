@@ -1,7 +1,8 @@
 //! What a running `clean`/`finalize` holds, written to
 //! `/run/vmfinal/PID.json` so that a later run (or `vmfinal cleanup`) can
 //! undo it after a SIGKILL: workspace files, temporary outputs, the mount
-//! directory, and the loop devices tagged `vmfinal:PID`. (Mounts themselves
+//! directory, the loop devices tagged `vmfinal:PID`, and FUSE mounts named
+//! `vmfinal:PID` with the files they were mounted on. (Mounts themselves
 //! live in the run's private mount namespace and die with it.)
 
 use std::path::{Path, PathBuf};
@@ -92,6 +93,19 @@ pub fn sweep_stale() -> Vec<String> {
             match l.detach() {
                 Ok(()) => done.push(format!("detached {path} (left by vmfinal pid {pid})")),
                 Err(e) => done.push(format!("could not detach {path} (left by pid {pid}): {e}")),
+            }
+        }
+    }
+    // Then the FUSE files such loops were over (only visible here if a
+    // run mounted one outside its private namespace).
+    for (mp, pid) in crate::view::fuse::stale_mounts(alive) {
+        if let Ok(c) = std::ffi::CString::new(mp.as_os_str().as_encoded_bytes()) {
+            // SAFETY: valid C string; a lazy unmount of vmfinal's own mount.
+            if unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH | libc::UMOUNT_NOFOLLOW) } == 0 {
+                done.push(format!(
+                    "unmounted {} (left by vmfinal pid {pid})",
+                    mp.display()
+                ));
             }
         }
     }

@@ -196,8 +196,18 @@ pub fn verify(image: &Path, v: &Volume, kind: &str) -> anyhow::Result<Verified> 
 /// `verified` was taken.
 pub fn recheck(image: &Path, verified: &[Verified], when: &str) -> anyhow::Result<()> {
     let src = RawImage::open(File::open(image)?, image)?;
+    recheck_source(&src, verified, when)
+}
+
+/// [`recheck`] over any block source (the copy-on-write view that
+/// compaction reads in-process).
+pub fn recheck_source(
+    src: &dyn BlockSource,
+    verified: &[Verified],
+    when: &str,
+) -> anyhow::Result<()> {
     for v in verified {
-        let now = stamp(&src, v.start, v.size, &v.fstype)?;
+        let now = stamp(src, v.start, v.size, &v.fstype)?;
         if now != v.stamp {
             let what = if now.uuid != v.stamp.uuid {
                 format!("UUID {} became {}", v.stamp.uuid, now.uuid)

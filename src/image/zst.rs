@@ -532,6 +532,8 @@ pub struct ZstWriter {
     frames: Vec<(u32, u32)>,
     /// Compressed all-zero frames by length: each is compressed once.
     zero_frames: HashMap<u64, Vec<u8>>,
+    /// The output file (not a stream), for early writeback.
+    file: Option<std::fs::File>,
 }
 
 impl ZstWriter {
@@ -551,7 +553,13 @@ impl ZstWriter {
             pos: 0,
             frames: Vec::new(),
             zero_frames: HashMap::new(),
+            file: None,
         })
+    }
+
+    /// The output as a file: what is written is sent to disk as it goes.
+    pub fn set_writeback(&mut self, file: std::fs::File) {
+        self.file = Some(file);
     }
 
     fn werr(&self, source: std::io::Error) -> PipelineError {
@@ -589,6 +597,9 @@ impl ZstWriter {
         if !self.buf.is_empty() {
             let r = self.out.write_all(&self.buf);
             r.map_err(|e| self.werr(e))?;
+            if let Some(f) = &self.file {
+                crate::output::start_writeback(f, self.pos, self.buf.len() as u64);
+            }
             self.pos += self.buf.len() as u64;
             self.buf.clear();
         }

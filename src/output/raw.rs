@@ -8,7 +8,7 @@ use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 
-use crate::pipeline::{JobOut, PipelineError, Sink, UnitOut};
+use crate::pipeline::{JobOut, PipelineError, PositionalWrite, Sink, UnitOut};
 
 pub struct RawWriter {
     file: File,
@@ -36,21 +36,15 @@ impl RawWriter {
         }
     }
 
-    /// Sets the final length (the trailing holes).
-    pub fn finish(self) -> Result<u64, PipelineError> {
-        self.file.set_len(self.size).map_err(|e| self.werr(e))?;
-        Ok(self.size)
-    }
-}
-
-impl Sink for RawWriter {
-    fn write_job(&mut self, job: JobOut) -> Result<(), PipelineError> {
+    /// Writes a job's non-zero units at their offsets (any thread, any order).
+    fn write_at_offsets(&self, job: &JobOut) -> Result<u64, PipelineError> {
         if job.is_zero_job() {
-            return Ok(());
+            return Ok(0);
         }
         // Write each run of non-zero units with one pwrite.
         let n = job.units.len();
         let mut i = 0;
+        let mut written = 0u64;
         while i < n {
             if matches!(job.units[i], UnitOut::Zero) {
                 i += 1;
@@ -65,9 +59,52 @@ impl Sink for RawWriter {
             self.file
                 .write_all_at(&job.data[s..e], job.start + s as u64)
                 .map_err(|e| self.werr(e))?;
-            self.bytes_written += (e - s) as u64;
+            written += (e - s) as u64;
             i = j;
         }
+        crate::output::start_writeback(&self.file, job.start, job.len);
+        Ok(written)
+    }
+
+    /// Sets the final length (the trailing holes).
+    pub fn finish(self) -> Result<u64, PipelineError> {
+        self.file.set_len(self.size).map_err(|e| self.werr(e))?;
+        Ok(self.size)
+    }
+}
+
+impl Sink for RawWriter {
+    fn write_job(&mut self, job: JobOut) -> Result<(), PipelineError> {
+        self.bytes_written += self.write_at_offsets(&job)?;
+        Ok(())
+    }
+}
+
+/// The workers' side of a `RawWriter` (see `PositionalWrite`); the
+/// `RawWriter` itself then only counts.
+pub struct RawPositional {
+    inner: RawWriter,
+}
+
+impl RawPositional {
+    pub fn new(file: File, path: PathBuf, unit: u64, size: u64) -> Self {
+        Self {
+            inner: RawWriter::new(file, path, unit, size),
+        }
+    }
+}
+
+impl PositionalWrite for RawPositional {
+    fn write_job_at(&self, job: &JobOut) -> Result<(), PipelineError> {
+        self.inner.write_at_offsets(job).map(|_| ())
+    }
+}
+
+/// A `Sink` for jobs a `RawPositional` wrote already.
+pub struct Written;
+
+impl Sink for Written {
+    fn write_job(&mut self, _job: JobOut) -> Result<(), PipelineError> {
         Ok(())
     }
 }

@@ -201,6 +201,7 @@ impl Qcow2Writer {
             self.file
                 .write_all_at(&self.buf, self.buf_start)
                 .map_err(|e| self.werr(e))?;
+            crate::output::start_writeback(&self.file, self.buf_start, self.buf.len() as u64);
             self.buf_start += self.buf.len() as u64;
             self.buf.clear();
         }
