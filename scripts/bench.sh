@@ -94,12 +94,12 @@ iq="$workdir/in.qcow2"; iz="$workdir/in.zst"; r="$workdir/out.raw"
 "$vm" compact --format raw -q --force "$image" -o "$iq" --compression zstd
 "$vm" compact --format raw -q --force "$image" -o "$iz"
 cat "$iq" "$iz" > /dev/null
-run "vmfinal expand qcow2 zstd"     "$r" "$vm" expand -q --force "$iq" -o "$r"
+run "vmfinal expand-qcow2 zstd"     "$r" "$vm" expand --format qcow2 -q --force "$iq" -o "$r"
 run "qemu-img convert -O raw"       "$r" qemu-img convert -O raw "$iq" "$r"
 # vmfinal fsyncs its output before renaming it into place (it is on disk when
 # vmfinal exits); the peers leave it in the page cache. The same with an fsync:
 run "qemu-img convert -O raw; sync" "$r" sh -c 'qemu-img convert -O raw "$0" "$1" && sync "$1"' "$iq" "$r"
-run "vmfinal expand .zst"           "$r" "$vm" expand -q --force "$iz" -o "$r"
+run "vmfinal expand-.zst"           "$r" "$vm" expand --format zst -q --force "$iz" -o "$r"
 run "zstd -d -T0"                   "$r" zstd -q -d -f -T0 "$iz" -o "$r"
 run "zstd -d -T0; sync"             "$r" sh -c 'zstd -q -d -f -T0 "$0" -o "$1" && sync "$1"' "$iz" "$r"
 rm -f "$iq" "$iz"
@@ -156,8 +156,8 @@ peers = {
     "qemu-img -c zlib": "vmfinal qcow2 zlib", "qemu-img -c zlib -m16 -W": "vmfinal qcow2 zlib",
     "qemu-img -c zstd": "vmfinal qcow2 zstd", "qemu-img -c zstd -m16 -W": "vmfinal qcow2 zstd",
     "zstd -T0 -3": "vmfinal .zst",
-    "qemu-img convert -O raw": "vmfinal expand qcow2 zstd", "zstd -d -T0": "vmfinal expand .zst",
-    "qemu-img convert -O raw; sync": "vmfinal expand qcow2 zstd", "zstd -d -T0; sync": "vmfinal expand .zst",
+    "qemu-img convert -O raw": "vmfinal expand-qcow2 zstd", "zstd -d -T0": "vmfinal expand-.zst",
+    "qemu-img convert -O raw; sync": "vmfinal expand-qcow2 zstd", "zstd -d -T0; sync": "vmfinal expand-.zst",
     "zerofree+qemu-img zlib": "vmfinal dirty-ext4 zlib", "zerofree+qemu-img zstd": "vmfinal dirty-ext4 zstd",
 }
 print(f"{'tool':30} {'wall s':>8} {'cpu s':>8} {'cpu/wall':>8} {'RSS MiB':>8} {'output MiB':>11} {'speedup':>8} {'size':>7}")
