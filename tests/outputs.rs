@@ -4,6 +4,8 @@
 
 mod common;
 
+use std::os::unix::process::CommandExt;
+
 use common::*;
 use std::io::Read;
 use std::process::{Command, Stdio};
@@ -124,12 +126,20 @@ fn read_only_commands_stop_at_once_on_sigint() {
     let fifo = d.path().join("slow.img");
     ok(Command::new("mkfifo").arg(&fifo));
     for cmd in ["info", "check", "analyze"] {
-        let mut c = vmfinal()
-            .arg(cmd)
-            .arg(&fifo)
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
+        let mut c = vmfinal();
+        c.arg(cmd).arg(&fifo).stderr(Stdio::piped());
+        // As a shell in the foreground starts it: SIGINT at its default
+        // action (a test run started in the background by a
+        // non-interactive shell inherits SIGINT ignored).
+        // SAFETY: between fork and exec only signal(2), which is
+        // async-signal-safe, runs in the child.
+        unsafe {
+            c.pre_exec(|| {
+                libc::signal(libc::SIGINT, libc::SIG_DFL);
+                Ok(())
+            });
+        }
+        let mut c = c.spawn().unwrap();
         std::thread::sleep(Duration::from_millis(300));
         ok(Command::new("kill").arg("-INT").arg(c.id().to_string()));
         let t = Instant::now();
