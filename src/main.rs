@@ -88,8 +88,9 @@ fn main() {
             if stream {
                 line.push_str(" (the stream on stdout is incomplete)");
             }
-            // Never more than one line, whatever a cause contained.
-            let line = line.replace(['\n', '\r'], " ");
+            // Never more than one line, and no control characters, whatever
+            // a cause contained.
+            let line = vmfinal::text::one_safe_line(&line);
             eprintln!("vmfinal: error: {line}");
             std::process::exit(1);
         }

@@ -22,12 +22,7 @@ pub fn escape_bytes(b: &[u8]) -> String {
             match c {
                 '\'' => out.push_str("\\'"),
                 '\\' => out.push_str("\\\\"),
-                c if c.is_control()
-                    || ('\u{202a}'..='\u{202e}').contains(&c)
-                    || ('\u{2066}'..='\u{2069}').contains(&c)
-                    || c == '\u{200e}'
-                    || c == '\u{200f}' =>
-                {
+                c if is_hostile(c) => {
                     if (c as u32) < 0x100 {
                         out.push_str(&format!("\\x{:02x}", c as u32));
                     } else {
@@ -48,6 +43,34 @@ pub fn escape_bytes(b: &[u8]) -> String {
 /// `escape_bytes` for text.
 pub fn escape(s: &str) -> String {
     escape_bytes(s.as_bytes())
+}
+
+/// True for the characters `escape_bytes` never prints as they are.
+fn is_hostile(c: char) -> bool {
+    c.is_control()
+        || ('\u{202a}'..='\u{202e}').contains(&c)
+        || ('\u{2066}'..='\u{2069}').contains(&c)
+        || c == '\u{200e}'
+        || c == '\u{200f}'
+}
+
+/// One line for the terminal, whatever its parts held: every control
+/// character (newlines included) and bidirectional override becomes an
+/// escape, the rest is kept as it is. The last defence for messages that
+/// carry a name from an image or a guest which no caller quoted.
+pub fn one_safe_line(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '\n' | '\r' => out.push(' '),
+            c if is_hostile(c) && (c as u32) < 0x100 => {
+                out.push_str(&format!("\\x{:02x}", c as u32));
+            }
+            c if is_hostile(c) => out.push_str(&format!("\\u{{{:x}}}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 /// A note on stderr: something vmfinal decided that the user should know.
@@ -90,5 +113,18 @@ mod tests {
         assert_eq!(human_bytes(512), "512 B");
         assert_eq!(human_bytes(1536), "1.50 KiB");
         assert_eq!(human_bytes(3 << 30), "3.00 GiB");
+    }
+}
+
+#[cfg(test)]
+mod line_tests {
+    use super::one_safe_line;
+
+    #[test]
+    fn error_lines_cannot_drive_the_terminal() {
+        let s = one_safe_line("lv vg/\u{1b}[2Jx\u{202e}y\nz\u{7}");
+        assert_eq!(s, "lv vg/\\x1b[2Jx\\u{202e}y z\\x07");
+        assert!(!s.chars().any(|c| c.is_control()));
+        assert_eq!(one_safe_line("plain: über"), "plain: über");
     }
 }
