@@ -396,7 +396,7 @@ pub fn with_dry_run_guest<T>(
 /// The human report (stderr).
 pub fn print_human(r: &GuestReport, list_paths: bool) {
     for w in &r.warnings {
-        eprintln!("vmfinal: warning: {w}");
+        eprintln!("vmfinal: warning: {}", crate::text::one_safe_line(w));
     }
     let mounts: Vec<String> = r
         .mounts

@@ -395,7 +395,7 @@ pub fn run(a: &FinalizeArgs) -> anyhow::Result<super::ExitCode> {
             _ => {}
         }
         for w in &report.warnings {
-            eprintln!("vmfinal: warning: {w}");
+            eprintln!("vmfinal: warning: {}", crate::text::one_safe_line(w));
         }
         eprintln!(
             "image: {} allocated -> {} in use after cleaning -> {} {} artifact {}",

@@ -411,7 +411,7 @@ pub fn publish(
 /// Prints warnings and the summary (stderr) and the JSON report (stdout).
 pub fn emit(report: &crate::report::ConvertReport, command: &str, out: &DestArgs) {
     for w in &report.warnings {
-        eprintln!("vmfinal: warning: {w}");
+        eprintln!("vmfinal: warning: {}", crate::text::one_safe_line(w));
     }
     if out.json {
         println!(
