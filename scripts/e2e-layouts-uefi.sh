@@ -59,8 +59,7 @@ d=
 # first), the swap as it was, the root where it was.
 fallocate --punch-hole --offset $(( s1 * 512 )) --length $(( (n1 + n2) * 512 )) "$img"
 fallocate --punch-hole --offset $(( s4 * 512 )) --length $(( n4 * 512 )) "$img"
-wipefs -q -a "$img"
-sfdisk -q "$img" <<PT
+sfdisk -q "$img" 2>/dev/null <<PT
 label: gpt
 start=$s1, size=$(( n1 + n2 )), type=C12A7328-F81F-11D2-BA4B-00A0C93EC93B, name="EFI System Partition"
 start=$s3, size=$n3, type=0657FD6D-A4AB-43C4-84E5-0933C84B4F4F, name=swap
@@ -123,14 +122,15 @@ grep -q "root=UUID=$root_uuid" "$cfg" || { echo "e2e-layouts-uefi.sh: grub.cfg h
 grep -q "linux.*/boot/vmlinuz-" "$cfg" || { echo "e2e-layouts-uefi.sh: grub.cfg loads no kernel from /boot" >&2; exit 1; }
 ! grep -q "^ii  grub-pc " <(chroot "$M" dpkg -l grub-pc 2>/dev/null) || { echo "e2e-layouts-uefi.sh: grub-pc still installed" >&2; exit 1; }
 export MTOOLS_SKIP_CHECK=1
-mmd -i "${d}p1" ::/EFI ::/EFI/BOOT ::/EFI/debian
-mcopy -i "${d}p1" "$M/tmp/BOOTX64.EFI" ::/EFI/BOOT/BOOTX64.EFI
-mcopy -i "${d}p1" "$M/tmp/BOOTX64.EFI" ::/EFI/debian/grubx64.efi
+# (mtools says it "could not get geometry" of a partition device: harmless.)
+mmd -i "${d}p1" ::/EFI ::/EFI/BOOT ::/EFI/debian 2>/dev/null
+mcopy -i "${d}p1" "$M/tmp/BOOTX64.EFI" ::/EFI/BOOT/BOOTX64.EFI 2>/dev/null
+mcopy -i "${d}p1" "$M/tmp/BOOTX64.EFI" ::/EFI/debian/grubx64.efi 2>/dev/null
 rm -rf "$M/tmp/e2e-debs" "$M/tmp/e2e-dpkg.log" "$M/tmp/load.cfg" "$M/tmp/BOOTX64.EFI"
 umount -R "$M"
 xfs_repair -n "${d}p3" > /dev/null 2>&1 || { echo "e2e-layouts-uefi.sh: xfs_repair -n failed on the new root" >&2; exit 1; }
 fsck.fat -n "${d}p1" > "$W/uefi-fsck.log" 2>&1 || { cat "$W/uefi-fsck.log" >&2; echo "e2e-layouts-uefi.sh: fsck.fat -n failed on the ESP" >&2; exit 1; }
-mdir -i "${d}p1" -b ::/EFI/BOOT | grep -q BOOTX64.EFI
+mdir -i "${d}p1" -b ::/EFI/BOOT 2>/dev/null | grep -q BOOTX64.EFI
 partx -d "$d"
 losetup -d "$d"
 d=
