@@ -12,11 +12,12 @@
 #   3. boot the artifact under TCG to the marker;
 #   4. finalize the artifact again (the kernels step has nothing to do):
 #      btrfs check clean again, and it boots;
-#   5. the same Debian guest with its root and swap on LVM2 LVs (partition 4
-#      a PV; lvm2 installed in the guest from Debian's archive, see
+#   5. the same Debian guest with its root and swap on LVM2 LVs, on an
+#      msdos label (p1 /boot ext4, p2 a PV; GRUB i386-pc in the MBR;
+#      lvm2 installed in the guest from Debian's archive, see
 #      e2e-layouts-lvm.sh): finalize (the root LV mapped by a loop device at
 #      its offset), e2fsck -fn on the artifact's LV, boot; its artifact
-#      within 5% of the same guest's with the LV's bytes on partition 4;
+#      within 5% of the same guest's with the LV's bytes on partition 2;
 #   6. (uefi) the same Debian guest as a UEFI guest (e2e-layouts-uefi.sh):
 #      GPT with an ESP (FAT32, mkfs.vfat + mtools) at /boot/efi by UUID (no
 #      nofail) and an xfs root, grub-efi-amd64 from Debian's archive;
@@ -263,7 +264,7 @@ if [ -z "$only" ] || [ "$only" = uefi ]; then e2e_uefi; fi
 # --- end of the UEFI block
 
 echo "== 5. the Debian guest with its root and swap on LVM"
-# p2 /boot ext4 as before; p4 an LVM2 PV of VG vg-guest with LVs root
+# /boot ext4 as before; the root partition an LVM2 PV of VG vg-guest with LVs root
 # (ext4, one segment) and swap; lvm2 installed in the guest from Debian's
 # archive (its initramfs activates the VG). The host's LVM only writes the
 # metadata (no activation, no device-mapper); the root filesystem is
@@ -274,7 +275,9 @@ mkdir -p "$W/debs"
 (cd "$W/debs" && apt-get download -q lvm2 dmsetup dmeventd libdevmapper1.02.1 libdevmapper-event1.02.1 \
   liblvm2cmd2.03 libaio1 libedit2 libbsd0 libmd0 lsb-base >/dev/null 2>&1)
 ls "$W"/debs/lvm2_*.deb >/dev/null
-bash scripts/e2e-layouts-lvm.sh \
+# On an msdos label (p1 /boot, p2 the PV; GRUB in the MBR), as Debian's
+# installer makes a BIOS guest with LVM.
+VMFINAL_E2E_LVM_LABEL=mbr bash scripts/e2e-layouts-lvm.sh \
   "$img" "$W" "$roff" "$rsize" "$boff" "$bsize"
 t0=$(t)
 "$V" finalize --format raw --profiles defaults --json -o "$W/lvm.qcow2" "$img" > "$W/lvm.json"
@@ -285,7 +288,7 @@ l=$(losetup -r -f --show -o "$lstart" --sizelimit "$lsize" "$W/lvm-final.raw")
 e2fsck -fn "$l" >/dev/null 2>&1 || { losetup -d "$l"; echo "e2e-layouts: e2fsck failed on the root LV of the artifact" >&2; exit 1; }
 losetup -d "$l"
 rm -f "$W/lvm-final.raw"
-# The same guest without LVM, for size: partition 4 holds the root LV's
+# The same guest without LVM, for size: the PV's partition holds the root LV's
 # very bytes (its ext4) instead of the PV, the rest of it empty.
 cp --sparse=always "$img" "$W/plain.raw"
 fallocate --punch-hole --offset "$roff" --length "$rsize" "$W/plain.raw"
