@@ -26,7 +26,7 @@
 #      artifact's root, fsck.fat -n on its ESP (byte-identical to the
 #      input's when it was not mounted), boot under OVMF (q35, TCG).
 #
-#   scripts/e2e-layouts.sh [--workdir DIR] [--keep] [--only btrfs|lvm|uefi]
+#   scripts/e2e-layouts.sh [--workdir DIR] [--keep] [--only btrfs|lvm|lvm-gpt|uefi]
 # Needs root, btrfs-progs, lvm2, xfsprogs, dosfstools, mtools, ovmf,
 # qemu-system-x86, network (apt-get download of lvm2 and grub-efi-amd64 for
 # the guests). Five TCG boots of 90-130 s each here.
@@ -44,9 +44,13 @@ while [ $# -gt 0 ]; do
   esac
 done
 case $only in
-  ''|btrfs|lvm|uefi) ;;
-  *) echo "e2e-layouts.sh: --only takes btrfs, lvm or uefi" >&2; exit 2 ;;
+  ''|btrfs|lvm|lvm-gpt|uefi) ;;
+  *) echo "e2e-layouts.sh: --only takes btrfs, lvm, lvm-gpt or uefi" >&2; exit 2 ;;
 esac
+# The LVM guest's partition table: msdos (the default run), or the GPT of
+# the Debian image (--only lvm-gpt; not in the default run).
+lvm_label=mbr
+[ "$only" != lvm-gpt ] || lvm_label=gpt
 if ! command -v cargo >/dev/null; then . "$HOME/.cargo/env" 2>/dev/null || true; fi
 cargo build --release --locked -q
 V=$PWD/target/release/vmfinal
@@ -276,8 +280,8 @@ mkdir -p "$W/debs"
   liblvm2cmd2.03 libaio1 libedit2 libbsd0 libmd0 lsb-base >/dev/null 2>&1)
 ls "$W"/debs/lvm2_*.deb >/dev/null
 # On an msdos label (p1 /boot, p2 the PV; GRUB in the MBR), as Debian's
-# installer makes a BIOS guest with LVM.
-VMFINAL_E2E_LVM_LABEL=mbr bash scripts/e2e-layouts-lvm.sh \
+# installer makes a BIOS guest with LVM (--only lvm-gpt: the GPT, p4 the PV).
+VMFINAL_E2E_LVM_LABEL=$lvm_label bash scripts/e2e-layouts-lvm.sh \
   "$img" "$W" "$roff" "$rsize" "$boff" "$bsize"
 t0=$(t)
 "$V" finalize --format raw --profiles defaults --json -o "$W/lvm.qcow2" "$img" > "$W/lvm.json"
