@@ -3,8 +3,13 @@
 # LVM2 PV of VG vg-guest with LVs root (ext4, 2200 MiB) and swap (128 MiB),
 # installs lvm2 from WORKDIR/debs into the guest and points fstab and
 # grub.cfg at /dev/mapper/vg--guest-root.
+# With VMFINAL_E2E_LVM_LABEL=mbr the disk gets an msdos label instead of
+# the GPT (as Debian's installer makes a BIOS guest): p1 /boot (ext4,
+# bootable) and p2 the PV, at the same offsets as before; the GPT's BIOS
+# boot and swap partitions' space zeroed and unpartitioned; GRUB i386-pc
+# installed again by grub-install into the MBR and the gap before p1.
 #
-#   e2e-layouts-lvm.sh IMAGE WORKDIR ROOT_OFF ROOT_SIZE BOOT_OFF BOOT_SIZE
+#   [VMFINAL_E2E_LVM_LABEL=gpt|mbr] e2e-layouts-lvm.sh IMAGE WORKDIR ROOT_OFF ROOT_SIZE BOOT_OFF BOOT_SIZE
 set -euo pipefail
 # Mounts only in a private mount namespace of its own.
 if [ -z "${VMFINAL_E2E_NS:-}" ]; then
@@ -16,7 +21,13 @@ M=$W/m
 r=$(losetup -f --show -o "$roff" --sizelimit "$rsize" "$img")
 b=$(losetup -f --show -o "$boff" --sizelimit "$bsize" "$img")
 lv=
+disk=
 cleanup() {
+  if [ -n "$disk" ]; then
+    umount -R "$M" 2>/dev/null || true
+    partx -d "$disk" 2>/dev/null || true
+    losetup -d "$disk" 2>/dev/null || true
+  fi
   umount -R "$M" 2>/dev/null || true
   umount "$W/old" 2>/dev/null || true
   for d in $r $b $lv; do losetup -d "$d" 2>/dev/null || true; done
@@ -87,6 +98,46 @@ rm -rf "$M/tmp/e2e-debs" "$M/tmp/e2e-dpkg.log"
 [ "$had_policy" = 1 ] || rm -f "$M/usr/sbin/policy-rc.d"
 sed -i "s|root=UUID=$old|root=/dev/mapper/vg--guest-root|g; s|$old|$uuid|g" "$M/boot/grub/grub.cfg"
 grep -q "root=/dev/mapper/vg--guest-root" "$M/boot/grub/grub.cfg"
+
+# --- MBR (VMFINAL_E2E_LVM_LABEL=mbr): the msdos label and GRUB in the MBR.
+label=${VMFINAL_E2E_LVM_LABEL:-gpt}
+if [ "$label" = mbr ]; then
+  umount "$M/boot"
+  # Between 1 MiB and /boot (the BIOS boot partition's GRUB core) and
+  # between /boot and the PV (the old swap partition): unpartitioned, zero.
+  fallocate --punch-hole --offset 1048576 --length $(( boff - 1048576 )) "$img"
+  fallocate --punch-hole --offset $(( boff + bsize )) --length $(( roff - boff - bsize )) "$img"
+  # Both GPT headers and the protective MBR.
+  wipefs -q -a -f "$img"
+  sfdisk -q "$img" <<PT
+label: dos
+start=$(( boff / 512 )), size=$(( bsize / 512 )), type=83, bootable
+start=$(( roff / 512 )), size=$(( rsize / 512 )), type=8e
+PT
+  [ "$(sfdisk -J "$img" | python3 -c 'import json,sys; print(json.load(sys.stdin)["partitiontable"]["label"])')" = dos ]
+  disk=$(losetup -f --show "$img")
+  partx -a "$disk"
+  dn=$(basename "$disk")
+  mount "${disk}p1" "$M/boot"
+  for n in "$dn" "${dn}p1" "${dn}p2"; do cp -a "/dev/$n" "$M/dev/$n"; done
+  chroot "$M" /usr/bin/env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin LANG=C.UTF-8 \
+    grub-install --target=i386-pc "/dev/$dn" > "$W/grub-install.log" 2>&1 \
+    || { cat "$W/grub-install.log" >&2; echo "e2e-layouts-lvm.sh: grub-install into the MBR failed" >&2; exit 1; }
+  # grub.cfg was made for the GPT: the partition module and search hints.
+  sed -i 's/part_gpt/part_msdos/g; s/,gpt2/,msdos1/g' "$M/boot/grub/grub.cfg"
+  grep -q part_msdos "$M/boot/grub/grub.cfg"
+  ! grep -q gpt "$M/boot/grub/grub.cfg" || { echo "e2e-layouts-lvm.sh: grub.cfg still names the GPT" >&2; exit 1; }
+  umount "$M/boot"
+  partx -d "$disk"
+  losetup -d "$disk"
+  disk=
+  # GRUB's boot code in the MBR, its core right after it.
+  dd if="$img" bs=512 count=1 status=none | grep -aq GRUB
+fi
+# --- end of the MBR block
 umount -R "$M"
 e2fsck -fn "$lv" > /dev/null 2>&1 || { echo "e2e-layouts-lvm.sh: e2fsck failed on the root LV" >&2; exit 1; }
-echo "e2e-layouts: partition 4 is a PV of vg-guest: LV root (ext4 $uuid) at disk byte $rootoff, LV swap at $swapoff"
+if [ "$label" = mbr ]; then
+  echo "e2e-layouts: msdos label: p1 /boot (ext4), p2 the PV; GRUB i386-pc in the MBR"
+fi
+echo "e2e-layouts: the partition at byte $roff is a PV of vg-guest: LV root (ext4 $uuid) at disk byte $rootoff, LV swap at $swapoff"

@@ -12,15 +12,24 @@
 #   3. boot the artifact under TCG to the marker;
 #   4. finalize the artifact again (the kernels step has nothing to do):
 #      btrfs check clean again, and it boots;
-#   5. the same Debian guest with its root and swap on LVM2 LVs (partition 4
-#      a PV; lvm2 installed in the guest from Debian's archive, see
+#   5. the same Debian guest with its root and swap on LVM2 LVs, on an
+#      msdos label (p1 /boot ext4, p2 a PV; GRUB i386-pc in the MBR;
+#      lvm2 installed in the guest from Debian's archive, see
 #      e2e-layouts-lvm.sh): finalize (the root LV mapped by a loop device at
 #      its offset), e2fsck -fn on the artifact's LV, boot; its artifact
-#      within 5% of the same guest's with the LV's bytes on partition 4.
+#      within 5% of the same guest's with the LV's bytes on partition 2;
+#   6. (uefi) the same Debian guest as a UEFI guest (e2e-layouts-uefi.sh):
+#      GPT with an ESP (FAT32, mkfs.vfat + mtools) at /boot/efi by UUID (no
+#      nofail) and an xfs root, grub-efi-amd64 from Debian's archive;
+#      finalize (where the host kernel has no vfat, --skip-unmountable and
+#      its warning; a run without it refused), xfs_repair -n on the
+#      artifact's root, fsck.fat -n on its ESP (byte-identical to the
+#      input's when it was not mounted), boot under OVMF (q35, TCG).
 #
-#   scripts/e2e-layouts.sh [--workdir DIR] [--keep] [--only btrfs|lvm]
-# Needs root, btrfs-progs, lvm2, qemu-system-x86, network (apt-get download
-# of lvm2 for the guest). Four TCG boots of 90-130 s each here.
+#   scripts/e2e-layouts.sh [--workdir DIR] [--keep] [--only btrfs|lvm|lvm-gpt|uefi]
+# Needs root, btrfs-progs, lvm2, xfsprogs, dosfstools, mtools, ovmf,
+# qemu-system-x86, network (apt-get download of lvm2 and grub-efi-amd64 for
+# the guests). Five TCG boots of 90-130 s each here.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 workdir=/var/tmp
@@ -34,6 +43,14 @@ while [ $# -gt 0 ]; do
     *) echo "e2e-layouts.sh: unknown option $1" >&2; exit 2 ;;
   esac
 done
+case $only in
+  ''|btrfs|lvm|lvm-gpt|uefi) ;;
+  *) echo "e2e-layouts.sh: --only takes btrfs, lvm, lvm-gpt or uefi" >&2; exit 2 ;;
+esac
+# The LVM guest's partition table: msdos (the default run), or the GPT of
+# the Debian image (--only lvm-gpt; not in the default run).
+lvm_label=mbr
+[ "$only" != lvm-gpt ] || lvm_label=gpt
 if ! command -v cargo >/dev/null; then . "$HOME/.cargo/env" 2>/dev/null || true; fi
 cargo build --release --locked -q
 V=$PWD/target/release/vmfinal
@@ -51,7 +68,7 @@ read -r roff rsize <<< "$(part 4)"
 read -r boff bsize <<< "$(part 2)"
 rm -f "$W/debian.raw"
 
-if [ "$only" != lvm ]; then
+if [ -z "$only" ] || [ "$only" = btrfs ]; then
 echo "== 1. the Debian guest on btrfs subvolumes"
 img=$W/btrfs.raw
 scripts/make-debian-image.sh "$img" >/dev/null
@@ -176,8 +193,82 @@ rm -f "$W/again.qcow2" "$W/final.qcow2"
 fi
 [ "$only" != btrfs ] || { echo "e2e-layouts: all checks passed (btrfs only)"; exit 0; }
 
+# --- 6. the UEFI guest (ESP + xfs root): its own block.
+e2e_uefi() {
+  echo "== 6. the Debian guest as a UEFI guest: ESP (FAT) at /boot/efi, / on xfs"
+  local img=$W/uefi.raw t0 t_build t_fin out eoff esize xoff xsize euuid xuuid vfat skip x e
+  t0=$(t)
+  scripts/make-debian-image.sh "$img" >/dev/null
+  mkdir -p "$W/debs-uefi"
+  (cd "$W/debs-uefi" && apt-get download -q grub-efi-amd64 grub-efi-amd64-bin >/dev/null 2>&1)
+  ls "$W"/debs-uefi/grub-efi-amd64_*.deb "$W"/debs-uefi/grub-efi-amd64-bin_*.deb >/dev/null
+  out=$(bash scripts/e2e-layouts-uefi.sh "$img" "$W")
+  printf '%s\n' "$out" | sed '$d'
+  read -r eoff esize xoff xsize euuid xuuid <<< "$(printf '%s\n' "$out" | tail -1)"
+  [ -n "$xuuid" ]
+  t_build=$(el "$t0" "$(t)")
+  vfat=0
+  skip=()
+  if grep -qw vfat /proc/filesystems; then
+    vfat=1
+  else
+    skip=(--skip-unmountable)
+    # Without the flag the run stops before any workspace, naming the ESP.
+    if "$V" finalize --dry-run --format raw --profiles defaults -q -o "$W/refused.qcow2" "$img" 2> "$W/uefi-refused.err"; then
+      echo "e2e-layouts: uefi: finalize without --skip-unmountable did not refuse the unmountable ESP" >&2
+      return 1
+    fi
+    if ! grep -q "/boot/efi (UUID=$euuid).*--skip-unmountable" "$W/uefi-refused.err"; then
+      cat "$W/uefi-refused.err" >&2
+      echo "e2e-layouts: uefi: the refusal does not name /boot/efi" >&2
+      return 1
+    fi
+    [ ! -e "$W/refused.qcow2" ]
+    echo "e2e-layouts: uefi: no vfat in this kernel: refused without --skip-unmountable: $(head -1 "$W/uefi-refused.err")"
+  fi
+  t0=$(t)
+  if ! "$V" finalize --format raw --profiles defaults --json "${skip[@]}" -o "$W/uefi.qcow2" "$img" > "$W/uefi.json" 2> "$W/uefi.err"; then
+    cat "$W/uefi.err" >&2
+    return 1
+  fi
+  t_fin=$(el "$t0" "$(t)")
+  python3 scripts/e2e-layouts-uefi-check.py "$W/uefi.json" "$W/uefi.err" "$vfat" "$euuid"
+  "$V" expand --format qcow2 -q -o "$W/uefi-final.raw" "$W/uefi.qcow2"
+  x=$(losetup -r -f --show -o "$xoff" --sizelimit "$xsize" "$W/uefi-final.raw")
+  e=$(losetup -r -f --show -o "$eoff" --sizelimit "$esize" "$W/uefi-final.raw")
+  if ! xfs_repair -n "$x" > "$W/uefi-xfs.log" 2>&1; then
+    losetup -d "$x" "$e"
+    cat "$W/uefi-xfs.log" >&2
+    echo "e2e-layouts: uefi: xfs_repair -n failed on the artifact's root" >&2
+    return 1
+  fi
+  if ! fsck.fat -n "$e" > "$W/uefi-fat.log" 2>&1; then
+    losetup -d "$x" "$e"
+    cat "$W/uefi-fat.log" >&2
+    echo "e2e-layouts: uefi: fsck.fat -n failed on the artifact's ESP" >&2
+    return 1
+  fi
+  losetup -d "$x" "$e"
+  if [ "$vfat" = 0 ]; then
+    if ! cmp -s -i "$eoff:$eoff" -n "$esize" "$img" "$W/uefi-final.raw"; then
+      echo "e2e-layouts: uefi: the ESP was not mounted but its bytes changed" >&2
+      return 1
+    fi
+    echo "e2e-layouts: uefi: xfs_repair -n and fsck.fat -n clean on the artifact; its ESP byte-identical to the input's"
+  else
+    echo "e2e-layouts: uefi: xfs_repair -n and fsck.fat -n clean on the artifact"
+  fi
+  rm -f "$W/uefi-final.raw" "$img"
+  scripts/boot-check.sh "$W/uefi.qcow2" --uefi --timeout 300
+  echo "e2e-layouts: uefi: built in $t_build s; finalize $t_fin s -> $(stat -c %s "$W/uefi.qcow2") bytes"
+  rm -f "$W/uefi.qcow2"
+}
+if [ -z "$only" ] || [ "$only" = uefi ]; then e2e_uefi; fi
+[ "$only" != uefi ] || { echo "e2e-layouts: all checks passed (uefi only)"; exit 0; }
+# --- end of the UEFI block
+
 echo "== 5. the Debian guest with its root and swap on LVM"
-# p2 /boot ext4 as before; p4 an LVM2 PV of VG vg-guest with LVs root
+# /boot ext4 as before; the root partition an LVM2 PV of VG vg-guest with LVs root
 # (ext4, one segment) and swap; lvm2 installed in the guest from Debian's
 # archive (its initramfs activates the VG). The host's LVM only writes the
 # metadata (no activation, no device-mapper); the root filesystem is
@@ -188,7 +279,9 @@ mkdir -p "$W/debs"
 (cd "$W/debs" && apt-get download -q lvm2 dmsetup dmeventd libdevmapper1.02.1 libdevmapper-event1.02.1 \
   liblvm2cmd2.03 libaio1 libedit2 libbsd0 libmd0 lsb-base >/dev/null 2>&1)
 ls "$W"/debs/lvm2_*.deb >/dev/null
-bash scripts/e2e-layouts-lvm.sh \
+# On an msdos label (p1 /boot, p2 the PV; GRUB in the MBR), as Debian's
+# installer makes a BIOS guest with LVM (--only lvm-gpt: the GPT, p4 the PV).
+VMFINAL_E2E_LVM_LABEL=$lvm_label bash scripts/e2e-layouts-lvm.sh \
   "$img" "$W" "$roff" "$rsize" "$boff" "$bsize"
 t0=$(t)
 "$V" finalize --format raw --profiles defaults --json -o "$W/lvm.qcow2" "$img" > "$W/lvm.json"
@@ -199,7 +292,7 @@ l=$(losetup -r -f --show -o "$lstart" --sizelimit "$lsize" "$W/lvm-final.raw")
 e2fsck -fn "$l" >/dev/null 2>&1 || { losetup -d "$l"; echo "e2e-layouts: e2fsck failed on the root LV of the artifact" >&2; exit 1; }
 losetup -d "$l"
 rm -f "$W/lvm-final.raw"
-# The same guest without LVM, for size: partition 4 holds the root LV's
+# The same guest without LVM, for size: the PV's partition holds the root LV's
 # very bytes (its ext4) instead of the PV, the rest of it empty.
 cp --sparse=always "$img" "$W/plain.raw"
 fallocate --punch-hole --offset "$roff" --length "$rsize" "$W/plain.raw"

@@ -21,9 +21,10 @@ apt-get update -qq
 pkgs=(zstd e2fsprogs xfsprogs btrfs-progs zerofree fdisk gdisk parted rsync util-linux mount
       attr acl time debootstrap python3 gcc libc6-dev make pkg-config dosfstools kmod strace
       ca-certificates packer sudo man-db lvm2 ntfs-3g mtools fuse3 python3-fusepy
-      rpm chromium)
+      rpm chromium ovmf)
 # rpm (rpm, rpmbuild): the real rpmdb.sqlite of the rpm-sqlite fixture and the
-# check of analyze --guest against `rpm -qa`; chromium: the HTML report test.
+# check of analyze --guest against `rpm -qa`; chromium: the HTML report test;
+# ovmf (UEFI firmware, architecture all): the UEFI guest's boot in e2e-layouts.sh.
 apt-get install -y -qq --no-install-recommends "${pkgs[@]}" >/dev/null
 if [ "${VERSION_CODENAME:-}" = bookworm ]; then
   # qemu-system-x86 for the boot checks, from the same suite as qemu-utils.
