@@ -1,7 +1,8 @@
 //! Guest layouts beyond one filesystem per partition (root): btrfs with
 //! subvolumes @, @home, @var mounted by fstab; LVM2 root and swap LVs
 //! mapped without the host's LVM; an LV in two scattered segments mapped
-//! through vmfinal's FUSE view of its pieces (and SIGKILL then); an fstab filesystem this kernel cannot mount (vfat). Guests are
+//! through vmfinal's FUSE view of its pieces (and SIGKILL then); a striped
+//! root LV refused by name, control characters in its name escaped; an fstab filesystem this kernel cannot mount (vfat). Guests are
 //! built by scripts/make-layout-guests.sh; artifacts are judged by the
 //! filesystems' own tools (btrfs check, e2fsck) and by mounting them.
 
@@ -670,6 +671,104 @@ fn sigkill_with_a_scattered_lv_mounted_leaves_nothing() {
     // And a normal run afterwards works.
     ok(vmfinal().args(["finalize", "-q", "-o"]).arg(&out).arg(&img));
     assert!(out.exists());
+}
+
+/// The PV of the lvm guests (partition 2).
+const PV: u64 = 49 * MIB;
+/// In lvm-edit-meta.py's escapes: root's one linear area, and the same 40
+/// extents as two stripes (an LV LVM cannot create without device-mapper).
+const LINEAR_ROOT: &str = "stripe_count = 1\\n\\nstripes = [\\n\"pv0\", 0\\n]";
+const STRIPED_ROOT: &str =
+    "stripe_count = 2\\nstripe_size = 128\\n\\nstripes = [\\n\"pv0\", 0,\\n\"pv0\", 20\\n]";
+
+/// The lvm guest with its metadata edited by `scripts/lvm-edit-meta.py`.
+fn lvm_guest_edited(img: &Path, edits: &[&str]) {
+    make("lvm", img, &[]);
+    ok(Command::new(repo().join("scripts/lvm-edit-meta.py"))
+        .arg(img)
+        .arg(PV.to_string())
+        .args(edits));
+}
+
+/// A root LV of a kind vmfinal does not map (striped) stays a clear
+/// refusal by name, before any workspace, with dry runs and real runs,
+/// raw and qcow2 inputs; nothing is left and the input is unchanged.
+#[test]
+fn a_striped_root_lv_is_refused_by_name() {
+    if !root_ok() {
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    let img = d.path().join("striped.raw");
+    lvm_guest_edited(&img, &[LINEAR_ROOT, STRIPED_ROOT]);
+    let q = d.path().join("striped.qcow2");
+    ok(Command::new("qemu-img")
+        .args(["convert", "-O", "qcow2"])
+        .arg(&img)
+        .arg(&q));
+    let sum = ok(Command::new("sha256sum").arg(&img).arg(&q)).stdout;
+    let out = d.path().join("golden.qcow2");
+    for input in [&img, &q] {
+        for dry in [true, false] {
+            let o = run(vmfinal()
+                .args(["finalize", "-q", "-o"])
+                .arg(&out)
+                .args(dry.then_some("--dry-run"))
+                .arg(input));
+            let err = assert_clean_failure(&o);
+            assert!(
+                err.contains("the root filesystem is on LVM logical volume vg-guest/root")
+                    && err.contains("striped (2 stripes)")
+                    && err.contains("maps only linear LVs"),
+                "{err}"
+            );
+            assert!(!out.exists());
+            assert_only(d.path(), &["striped.raw", "striped.qcow2"]);
+            no_leftovers(d.path());
+        }
+    }
+    assert_eq!(ok(Command::new("sha256sum").arg(&img).arg(&q)).stdout, sum);
+}
+
+/// An LV name is guest bytes: with ESC, BEL and a C1 control character in
+/// it (LVM's tools refuse such names; the metadata is edited), the error
+/// line shows them escaped and the terminal gets none of them raw.
+#[test]
+fn control_characters_in_an_lv_name_reach_the_error_line_escaped() {
+    if !root_ok() {
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    let img = d.path().join("named.raw");
+    lvm_guest_edited(
+        &img,
+        &[
+            LINEAR_ROOT,
+            STRIPED_ROOT,
+            "root {",
+            "ro\\x1bot\\x07\\xc2\\x9b {",
+        ],
+    );
+    let out = d.path().join("golden.qcow2");
+    for dry in [true, false] {
+        let o = run(vmfinal()
+            .args(["finalize", "-q", "-o"])
+            .arg(&out)
+            .args(dry.then_some("--dry-run"))
+            .arg(&img));
+        let err = assert_clean_failure(&o);
+        assert!(
+            !o.stderr.iter().any(|&b| b == 0x1b || b == 0x07) && !err.contains('\u{9b}'),
+            "a raw control character reached stderr: {err:?}"
+        );
+        assert!(
+            err.contains("LVM logical volume vg-guest/ro\\x1bot\\x07\\x9b"),
+            "{err}"
+        );
+        assert!(!out.exists());
+        assert_only(d.path(), &["named.raw"]);
+        no_leftovers(d.path());
+    }
 }
 
 #[test]
