@@ -18,6 +18,11 @@
 #      its offset), e2fsck -fn on the artifact's LV, boot; its artifact
 #      within 5% of the same guest's with the LV's bytes on partition 4.
 #
+#   6. (first, in its own script) the LVM guest with its root LV in two
+#      scattered segments: finalize through vmfinal's FUSE view of the LV,
+#      e2fsck -fn on the artifact's LV, boot (e2e-layouts-lvm2seg.sh;
+#      `--only lvm2seg` runs just this).
+#
 #   scripts/e2e-layouts.sh [--workdir DIR] [--keep] [--only btrfs|lvm]
 # Needs root, btrfs-progs, lvm2, qemu-system-x86, network (apt-get download
 # of lvm2 for the guest). Four TCG boots of 90-130 s each here.
@@ -50,6 +55,11 @@ part() { # N -> "OFFSET SIZE" in bytes
 read -r roff rsize <<< "$(part 4)"
 read -r boff bsize <<< "$(part 2)"
 rm -f "$W/debian.raw"
+
+if [ -z "$only" ] || [ "$only" = lvm2seg ]; then
+  bash scripts/e2e-layouts-lvm2seg.sh "$W" "$V" "$roff" "$rsize" "$boff" "$bsize"
+  [ "$only" != lvm2seg ] || { echo "e2e-layouts: all checks passed (lvm2seg only)"; exit 0; }
+fi
 
 if [ "$only" != lvm ]; then
 echo "== 1. the Debian guest on btrfs subvolumes"
