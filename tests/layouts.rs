@@ -615,11 +615,12 @@ fn leftovers_of(pid: u32) -> Vec<String> {
     out
 }
 
-/// SIGKILL while the scattered LV is mounted through its FUSE view (with
-/// either workspace): nothing is left mounted or attached that the next
-/// `vmfinal cleanup` does not remove, and the input is unchanged.
+/// Signals while the scattered LV is mounted through its FUSE view (with
+/// either workspace): SIGTERM/SIGINT leave nothing at all; after SIGKILL
+/// nothing is left mounted or attached that the next `vmfinal cleanup`
+/// does not remove. The input is unchanged.
 #[test]
-fn sigkill_with_a_scattered_lv_mounted_leaves_nothing() {
+fn signals_with_a_scattered_lv_mounted_leave_nothing() {
     if !root_ok() {
         return;
     }
@@ -628,6 +629,28 @@ fn sigkill_with_a_scattered_lv_mounted_leaves_nothing() {
     make("lvm2seg", &img, &[]);
     let sum = ok(Command::new("sha256sum").arg(&img)).stdout;
     let out = d.path().join("golden.qcow2");
+    // SIGTERM and SIGINT: vmfinal takes everything down itself.
+    for (ws, sig) in [("fuse", libc::SIGTERM), ("copy", libc::SIGINT)] {
+        let mut child = vmfinal()
+            .args(["finalize", "-q", "--workspace", ws, "-o"])
+            .arg(&out)
+            .arg(&img)
+            .env("VMFINAL_TEST_PAUSE", "clean")
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        wait_for_pause(&mut child, "clean");
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(pid as i32, sig) };
+        let st = child.wait().unwrap();
+        assert_eq!(st.code(), Some(130), "{ws}: exit {st:?}");
+        let left = leftovers_of(pid);
+        assert!(left.is_empty(), "{ws}: left after signal {sig}: {left:?}");
+        assert!(!out.exists());
+        assert_only(d.path(), &["lvm2.raw"]);
+        no_leftovers(d.path());
+    }
     for ws in ["fuse", "copy"] {
         let mut child = vmfinal()
             .args(["finalize", "-q", "--workspace", ws, "-o"])
