@@ -127,6 +127,9 @@ pub fn scan(src: &dyn BlockSource, parts: &[PartInfo]) -> Volumes {
         })
         .collect();
     let lvm = lvm::scan(src, &ranges);
+    // Where a scattered LV's FUSE view cannot be served, say so up front
+    // (the dry run and the preflight then name it).
+    let fuse = std::path::Path::new("/dev/fuse").exists();
     for p in parts {
         if lvm.is_pv(p.index) {
             continue;
@@ -181,11 +184,16 @@ pub fn scan(src: &dyn BlockSource, parts: &[PartInfo]) -> Volumes {
                     start: lv.map[0].disk_start,
                     size: lv.size,
                 }
-            } else if mapped == lv.size && gapless(&lv.map) {
+            } else if mapped == lv.size && gapless(&lv.map) && fuse {
                 Mapping::Segments {
                     size: lv.size,
                     pieces: lv.map.clone(),
                 }
+            } else if mapped == lv.size && gapless(&lv.map) {
+                Mapping::Refused(format!(
+                    "is in {} scattered segments, which vmfinal maps through a FUSE view of them, and this host has no /dev/fuse",
+                    lv.segments
+                ))
             } else {
                 Mapping::Refused(format!(
                     "has {} segments that map {mapped} of its {} bytes",
