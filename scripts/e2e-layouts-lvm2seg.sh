@@ -5,8 +5,8 @@
 # partition 4) has the last 160 MiB of its root LV moved past the swap LV,
 # as a `pvmove` of those extents would leave it: the bytes are copied there
 # (the old place punched to zeros) and the LVM metadata rewritten with two
-# segments by scripts/lvm-edit-meta.py (checksums fixed, so the guest's own
-# LVM activates it at boot). Then: finalize (the root LV served as one file
+# segments (scripts/lvm-move-extents.py with lvm-edit-meta.py: checksums
+# fixed, so the guest's own LVM activates it at boot). Then: finalize (the root LV served as one file
 # through vmfinal's FUSE view of its pieces), the report's checks, e2fsck
 # -fn on the artifact's LV (its pieces concatenated with dd), and a TCG boot
 # to the marker.
@@ -30,46 +30,8 @@ if ! ls "$W"/debs/lvm2_*.deb >/dev/null 2>&1; then
 fi
 bash scripts/e2e-layouts-lvm.sh "$img" "$W" "$roff" "$rsize" "$boff" "$bsize"
 
-# Move root's last 40 extents past the swap LV: prints the metadata edit
-# (old and new segment text) and does the byte copy.
-MOVE=40
-python3 - "$img" "$roff" "$MOVE" > "$W/split.txt" <<'PY'
-import re, subprocess, sys
-img, pv, move = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-f = open(img, "r+b")
-f.seek(pv + 4096)
-h = f.read(512)
-off, size = int.from_bytes(h[40:48], "little"), int.from_bytes(h[48:56], "little")
-f.seek(pv + 4096 + off)
-text = f.read(size).decode()
-pe_start = int(re.search(r"pe_start = (\d+)", text).group(1)) * 512
-es = int(re.search(r"extent_size = (\d+)", text).group(1)) * 512
-pe_count = int(re.search(r"pe_count = (\d+)", text).group(1))
-seg = re.search(r'root \{.*?(segment_count = 1\n\nsegment1 \{\nstart_extent = 0\nextent_count = (\d+)\n\ntype = "striped"\nstripe_count = 1\n\nstripes = \[\n"pv0", 0\n\]\n\})', text, re.S)
-old, n = seg.group(1), int(seg.group(2))
-# The first free extent: after the highest area any LV uses.
-ends = [int(pe) + int(cnt) for cnt, pe in re.findall(r'extent_count = (\d+)\n\ntype = "striped"\nstripe_count = 1\n\nstripes = \[\n"pv0", (\d+)', text)]
-free = max(ends)
-assert free + move <= pe_count, (free, move, pe_count)
-keep = n - move
-new = (f'segment_count = 2\n\nsegment1 {{\nstart_extent = 0\nextent_count = {keep}\n\ntype = "striped"\nstripe_count = 1\n\nstripes = [\n"pv0", 0\n]\n}}\n'
-       f'segment2 {{\nstart_extent = {keep}\nextent_count = {move}\n\ntype = "striped"\nstripe_count = 1\n\nstripes = [\n"pv0", {free}\n]\n}}')
-src, dst, length = pv + pe_start + keep * es, pv + pe_start + free * es, move * es
-done = 0
-while done < length:
-    f.seek(src + done)
-    b = f.read(min(4 << 20, length - done))
-    f.seek(dst + done)
-    f.write(b)
-    done += len(b)
-f.close()
-subprocess.run(["fallocate", "--punch-hole", "--offset", str(src), "--length", str(length), img], check=True)
-esc = lambda s: s.replace("\\", "\\\\").replace("\n", "\\n")
-print(esc(old))
-print(esc(new))
-print(f"root LV: extents 0-{keep - 1} at PE 0, {keep}-{n - 1} at PE {free} (swap between)", file=sys.stderr)
-PY
-python3 scripts/lvm-edit-meta.py "$img" "$roff" "$(sed -n 1p "$W/split.txt")" "$(sed -n 2p "$W/split.txt")"
+# Move root's last 40 extents (160 MiB) past the swap LV.
+python3 scripts/lvm-move-extents.py "$img" "$roff" root 40
 
 t0=$(t)
 "$V" finalize --format raw --profiles defaults --json -o "$W/lvm2seg.qcow2" "$img" > "$W/lvm2seg.json"
