@@ -696,6 +696,62 @@ fn signals_with_a_scattered_lv_mounted_leave_nothing() {
     assert!(out.exists());
 }
 
+/// `assert_clean_failure`, but lines of the startup sweep (`vmfinal:
+/// cleanup: ...`, what a run SIGKILLed by a test beside this one left) are
+/// not the run's own; returns the error line.
+fn clean_failure(o: &std::process::Output) -> String {
+    let stderr = String::from_utf8_lossy(&o.stderr).into_owned();
+    let own: Vec<&str> = stderr
+        .lines()
+        .filter(|l| !l.starts_with("vmfinal: cleanup:") && !l.trim().is_empty())
+        .collect();
+    assert!(
+        o.status.code().is_some_and(|c| c != 0 && c != 101),
+        "{:?}: {stderr}",
+        o.status
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(own.len(), 1, "expected one error line: {stderr}");
+    assert!(own[0].starts_with("vmfinal: error:"), "{stderr}");
+    own[0].to_string()
+}
+
+/// A write the scattered LV's FUSE view cannot make (the raw workspace's
+/// directory, a 40 MiB tmpfs in a namespace of its own, fills up during a
+/// zero-fill of the root LV) makes the run fail in one line naming the LV
+/// and the cause: no artifact, the input unchanged, nothing left.
+#[test]
+fn a_write_the_lv_view_cannot_make_fails_the_run() {
+    if !root_ok() {
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    let img = d.path().join("lvm2.raw");
+    make("lvm2seg", &img, &[]);
+    let sum = ok(Command::new("sha256sum").arg(&img)).stdout;
+    let tiny = d.path().join("tiny");
+    std::fs::create_dir(&tiny).unwrap();
+    let out = d.path().join("golden.qcow2");
+    let script = format!(
+        "mount -t tmpfs -o size=40m tmpfs '{t}' && exec '{v}' finalize -q --workspace copy --reclaim zero --profiles defaults --tmp '{t}' -o '{o}' '{i}'",
+        t = tiny.display(),
+        v = env!("CARGO_BIN_EXE_vmfinal"),
+        o = out.display(),
+        i = img.display()
+    );
+    let r = run(Command::new("unshare").args(["-m", "sh", "-c", &script]));
+    let err = clean_failure(&r);
+    assert!(
+        err.contains("LVM logical volume vg-guest/root") && err.contains("No space left"),
+        "{err}"
+    );
+    assert!(!out.exists());
+    assert_only(&tiny, &[]);
+    assert_only(d.path(), &["lvm2.raw", "tiny"]);
+    no_leftovers(d.path());
+    assert_eq!(ok(Command::new("sha256sum").arg(&img)).stdout, sum);
+}
+
 /// The PV of the lvm guests (partition 2).
 const PV: u64 = 49 * MIB;
 /// In lvm-edit-meta.py's escapes: root's one linear area, and the same 40
@@ -738,7 +794,7 @@ fn a_striped_root_lv_is_refused_by_name() {
                 .arg(&out)
                 .args(dry.then_some("--dry-run"))
                 .arg(input));
-            let err = assert_clean_failure(&o);
+            let err = clean_failure(&o);
             assert!(
                 err.contains("the root filesystem is on LVM logical volume vg-guest/root")
                     && err.contains("striped (2 stripes)")
@@ -779,7 +835,7 @@ fn control_characters_in_an_lv_name_reach_the_error_line_escaped() {
             .arg(&out)
             .args(dry.then_some("--dry-run"))
             .arg(&img));
-        let err = assert_clean_failure(&o);
+        let err = clean_failure(&o);
         assert!(
             !o.stderr.iter().any(|&b| b == 0x1b || b == 0x07) && !err.contains('\u{9b}'),
             "a raw control character reached stderr: {err:?}"
