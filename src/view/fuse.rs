@@ -11,8 +11,8 @@
 //! Deadlocks: the loop device's I/O comes back to these server threads, so
 //! they touch nothing but what they serve from (the input and the overlay;
 //! for an LV, the disk file: the raw workspace or the view's FUSE file;
-//! never the guest mount), and each runs with PR_SET_IO_FLUSHER (memory reclaim from them
-//! does not wait on the loop's writeback). Each also leaves the shared
+//! never the guest mount), and each runs with PR_SET_IO_FLUSHER (memory
+//! reclaim from them does not wait on the loop's writeback). Each also leaves the shared
 //! descriptor table, working directory and mount namespace
 //! (unshare(CLONE_FILES|CLONE_FS|CLONE_NEWNS), before anything is mounted)
 //! and the main thread closes its `/dev/fuse` descriptor: if vmfinal is
