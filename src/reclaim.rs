@@ -10,6 +10,8 @@ use std::path::Path;
 
 use serde::Serialize;
 
+use crate::disk::lvm::Piece;
+
 /// How free space is given back (command-line spelling: `commands::value_enums`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -125,15 +127,26 @@ pub fn reclaim_fs(dir: &Path, label: &str, mode: ReclaimMode) -> ReclaimResult {
     r
 }
 
-/// Clears a swap partition of the raw `image` (bytes `start..start+size`)
-/// except its first page (the header with UUID and label): punches a hole,
+/// Clears a swap volume of the raw `image` (its disk `pieces` in volume
+/// order: one for a partition) except its first page (the header with UUID and label): punches a hole,
 /// or writes zeros where that is not supported.
-pub fn clear_swap(image: &File, start: u64, size: u64) -> io::Result<u64> {
+pub fn clear_swap(image: &File, pieces: &[Piece]) -> io::Result<u64> {
     const HEADER: u64 = 4096;
-    if size <= HEADER {
+    let mut cleared = 0;
+    for p in pieces {
+        // The header stays: the first 4 KiB of the swap area.
+        let skip = HEADER.saturating_sub(p.lv_start).min(p.len);
+        cleared += zero_range(image, p.disk_start + skip, p.len - skip)?;
+    }
+    Ok(cleared)
+}
+
+/// Makes `[off, off+len)` of `image` read as zeros: a hole, or zeros
+/// written where the filesystem cannot punch one.
+fn zero_range(image: &File, off: u64, len: u64) -> io::Result<u64> {
+    if len == 0 {
         return Ok(0);
     }
-    let (off, len) = (start + HEADER, size - HEADER);
     // SAFETY: valid descriptor; plain integer arguments.
     let r = unsafe {
         libc::fallocate(

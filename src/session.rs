@@ -287,11 +287,11 @@ pub fn run_guest(
         }
         let img = std::fs::OpenOptions::new().write(true).open(image)?;
         for v in &g.volumes {
-            let Some((start, size)) = v.range() else {
+            let Some((pieces, _)) = v.pieces() else {
                 continue;
             };
             if v.fs.as_ref().is_some_and(|f| f.kind == "swap") && !skip_mapped {
-                let n = reclaim::clear_swap(&img, start, size)?;
+                let n = reclaim::clear_swap(&img, &pieces)?;
                 report.reclaim.push(ReclaimResult {
                     target: format!("swap ({})", v.name),
                     method: "cleared".into(),

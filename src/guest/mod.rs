@@ -10,6 +10,7 @@
 //! noatime` under a private directory, read-only for a dry run.
 
 pub mod loopdev;
+pub mod lvfile;
 pub mod mount;
 pub mod root;
 pub mod sandbox;
@@ -170,6 +171,9 @@ pub struct Guest {
     devpath: PathBuf,
     /// One loop device per volume in use, by index into `volumes`.
     loops: Vec<(usize, LoopDevice)>,
+    /// The FUSE views of LVs in scattered segments, by index into
+    /// `volumes`: their loop devices are over these files.
+    views: Vec<(usize, lvfile::Served)>,
     image: PathBuf,
     read_only: bool,
     pub root: GuestRoot,
@@ -273,7 +277,7 @@ pub fn no_root_reason(vols: &[Volume], warnings: &[String]) -> String {
     if let Some(v) = pick {
         let why = match &v.mapping {
             Mapping::Refused(w) => w.as_str(),
-            Mapping::Loop { .. } => "",
+            Mapping::Loop { .. } | Mapping::Segments { .. } => "",
         };
         let fs =
             v.fs.as_ref()
@@ -307,6 +311,37 @@ struct FstabEntry {
     mountpoint: String,
     fstype: String,
     options: String,
+}
+
+impl FstabEntry {
+    /// Swap, pseudo, network and bind mounts: nothing vmfinal mounts.
+    fn is_net_or_virtual(&self) -> bool {
+        matches!(
+            self.fstype.as_str(),
+            "swap"
+                | "tmpfs"
+                | "proc"
+                | "sysfs"
+                | "devpts"
+                | "devtmpfs"
+                | "nfs"
+                | "nfs4"
+                | "cifs"
+                | "none"
+                | "bind"
+                | "efivarfs"
+                | "cgroup"
+                | "cgroup2"
+                | "securityfs"
+                | "fuse"
+                | "sshfs"
+                | "9p"
+                | "virtiofs"
+        ) || self
+            .options
+            .split(',')
+            .any(|o| o == "bind" || o == "rbind" || o == "_netdev")
+    }
 }
 
 fn parse_fstab(text: &str) -> Vec<FstabEntry> {
@@ -374,14 +409,39 @@ impl Guest {
     ///
     /// One loop device per volume (partition or LV), reused by every mount
     /// of its filesystem: btrfs subvolumes and repeated mounts of one
-    /// filesystem share one block device and so one superblock.
+    /// filesystem share one block device and so one superblock. The steps:
+    /// read the volumes and serve the scattered LVs' views, find the root,
+    /// mount it, mount what its fstab names, let go of unused devices.
     pub fn mount(image: &Path, dir: &Path, opts: MountOptions) -> anyhow::Result<Self> {
-        let read_only = opts.read_only;
+        let mut g = Self::prepare(image, dir, opts.read_only)?;
+        let (rvi, subvol) = g.find_root()?;
+        g.mount_root(rvi, &subvol)?;
+        g.mount_fstab(opts)?;
+        g.release_unused();
+        Ok(g)
+    }
+
+    /// Step 1: the partitions and volumes of `image`; a FUSE view for each
+    /// LV in scattered segments that holds a filesystem (served first,
+    /// while no loop device or mount of the guest exists: see
+    /// `lvfile::Served::serve`); the private /dev for the block nodes.
+    fn prepare(image: &Path, dir: &Path, read_only: bool) -> anyhow::Result<Self> {
         let parts = partitions(image)?;
         let vols = {
             let src = crate::image::raw::RawImage::open(File::open(image)?, image)?;
             volume::scan(&src, &parts)
         };
+        let mut views = Vec::new();
+        for (vi, v) in vols.list.iter().enumerate() {
+            let Mapping::Segments { pieces, .. } = &v.mapping else {
+                continue;
+            };
+            if v.fs.as_ref().is_none_or(|f| f.kind == "swap") {
+                continue;
+            }
+            let view = lvfile::Served::serve(image, &v.short_name(), pieces, read_only)?;
+            views.push((vi, view));
+        }
         let devpath = dir.with_extension("dev");
         std::fs::create_dir_all(&devpath)?;
         let devmount = Mount::new(
@@ -393,38 +453,43 @@ impl Guest {
             &devpath,
         )
         .map_err(|e| anyhow::anyhow!("cannot mount a tmpfs on {}: {e}", devpath.display()))?;
-        let mut g = Guest {
+        Ok(Guest {
             mounts: Vec::new(),
             devdir: Some(devmount),
             devpath,
             loops: Vec::new(),
+            views,
             image: image.to_path_buf(),
             read_only,
             root: GuestRoot::open(dir)?,
             dir: dir.to_path_buf(),
             mounted: Vec::new(),
-            parts: parts.clone(),
-            volumes: vols.list.clone(),
-            warnings: vols.warnings.clone(),
-        };
-        let mountable: Vec<usize> = (0..g.volumes.len())
-            .filter(|&i| g.volumes[i].mountable_kind().is_some())
+            parts,
+            volumes: vols.list,
+            warnings: vols.warnings,
+        })
+    }
+
+    /// Step 2: the root volume (and, on btrfs, the root's subvolume): each
+    /// candidate mounted read-only (once per filesystem, on the device the
+    /// real mount uses) and looked at.
+    fn find_root(&mut self) -> anyhow::Result<(usize, String)> {
+        let mountable: Vec<usize> = (0..self.volumes.len())
+            .filter(|&i| self.volumes[i].mountable_kind().is_some())
             .collect();
-        // Find the root: mount each candidate read-only (once per
-        // filesystem, on the device the real mount uses) and look.
-        let mut root: Option<(usize, String)> = None;
-        for &vi in &mountable {
-            let kind = g.volumes[vi]
+        let dir = self.dir.clone();
+        for vi in mountable {
+            let kind = self.volumes[vi]
                 .mountable_kind()
                 .unwrap_or_default()
                 .to_string();
-            let node = g.device(vi)?;
-            let found = match try_mount(&node, dir, &kind, true, "", dir) {
+            let node = self.device(vi)?;
+            let found = match try_mount(&node, &dir, &kind, true, "", &dir) {
                 Ok((mut m, _)) => {
-                    let found = if looks_like_root(dir) {
+                    let found = if looks_like_root(&dir) {
                         Some(String::new())
                     } else if kind == "btrfs" {
-                        btrfs_root_subvol(dir)
+                        btrfs_root_subvol(&dir)
                     } else {
                         None
                     };
@@ -434,164 +499,172 @@ impl Guest {
                 Err(_) => None,
             };
             if let Some(sub) = found {
-                root = Some((vi, sub));
-                break;
+                return Ok((vi, sub));
             }
         }
-        let Some((rvi, subvol)) = root else {
-            anyhow::bail!("{}", no_root_reason(&g.volumes, &g.warnings));
-        };
-        let rv = g.volumes[rvi].clone();
+        anyhow::bail!("{}", no_root_reason(&self.volumes, &self.warnings))
+    }
+
+    /// Step 3: the root, read-write unless a dry run.
+    fn mount_root(&mut self, rvi: usize, subvol: &str) -> anyhow::Result<()> {
+        let rv = self.volumes[rvi].clone();
         let rkind = rv.mountable_kind().unwrap_or_default().to_string();
         let extra = if subvol.is_empty() {
             String::new()
         } else {
             format!("subvol={subvol}")
         };
-        let node = g.device(rvi)?;
-        let (m, w) = try_mount(&node, dir, &rkind, read_only, &extra, dir).map_err(|e| {
+        let node = self.device(rvi)?;
+        let dir = self.dir.clone();
+        let (m, w) = try_mount(&node, &dir, &rkind, self.read_only, &extra, &dir).map_err(|e| {
             anyhow::anyhow!("cannot mount the guest root ({rkind} on {}): {e}", rv.name)
         })?;
-        g.warnings.extend(w);
-        g.push_mounted("/", &rv, rvi, &rkind);
-        g.mounts.push(m);
-        g.root = GuestRoot::open(dir)?;
+        self.warnings.extend(w);
+        self.push_mounted("/", &rv, rvi, &rkind);
+        self.mounts.push(m);
+        self.root = GuestRoot::open(&dir)?;
+        Ok(())
+    }
 
-        // The guest's fstab.
-        let fstab = g.root.read("/etc/fstab", 1 << 20).unwrap_or_default();
+    /// Step 4: what the guest's fstab mounts, shallowest first.
+    fn mount_fstab(&mut self, opts: MountOptions) -> anyhow::Result<()> {
+        let fstab = self.root.read("/etc/fstab", 1 << 20).unwrap_or_default();
         let mut entries = parse_fstab(&String::from_utf8_lossy(&fstab));
         entries.retain(|e| e.mountpoint.starts_with('/') && e.mountpoint != "/");
         entries.sort_by_key(|e| (e.mountpoint.matches('/').count(), e.mountpoint.clone()));
-        for e in entries {
-            let net_or_virtual = matches!(
-                e.fstype.as_str(),
-                "swap"
-                    | "tmpfs"
-                    | "proc"
-                    | "sysfs"
-                    | "devpts"
-                    | "devtmpfs"
-                    | "nfs"
-                    | "nfs4"
-                    | "cifs"
-                    | "none"
-                    | "bind"
-                    | "efivarfs"
-                    | "cgroup"
-                    | "cgroup2"
-                    | "securityfs"
-                    | "fuse"
-                    | "sshfs"
-                    | "9p"
-                    | "virtiofs"
-            ) || e
-                .options
-                .split(',')
-                .any(|o| o == "bind" || o == "rbind" || o == "_netdev");
-            if net_or_virtual {
-                continue;
-            }
-            let optional = e.options.split(',').any(|o| o == "nofail" || o == "noauto");
-            // A filesystem the guest mounts at boot that we cannot mount:
-            // an error (package scripts may need it), unless it is
-            // optional there or the user said to go on.
-            let unmountable = |g: &mut Guest, why: String| -> anyhow::Result<()> {
-                let msg = format!("fstab: {} ({}) {why}", e.mountpoint, e.spec);
-                if optional {
-                    g.warnings
-                        .push(format!("{msg}; not mounted (nofail/noauto)"));
-                    Ok(())
-                } else if opts.skip_unmountable {
-                    g.warnings
-                        .push(format!("{msg}; not mounted (--skip-unmountable)"));
-                    Ok(())
-                } else {
-                    anyhow::bail!(
-                        "{msg}; the guest mounts it at boot and its package scripts may need it (mark it nofail in the guest's fstab, or pass --skip-unmountable to clean without it)"
-                    )
-                }
-            };
-            let Some(vi) = volume::resolve(&e.spec, &g.volumes, &parts)
-                .and_then(|v| g.volumes.iter().position(|x| x.key == v.key))
-            else {
-                unmountable(
-                    &mut g,
-                    "is not a partition or logical volume of this image".into(),
-                )?;
-                continue;
-            };
-            let v = g.volumes[vi].clone();
-            if let Mapping::Refused(why) = &v.mapping {
-                unmountable(&mut g, format!("is on {}, which {why}", v.name))?;
-                continue;
-            }
-            let Some(fs) = v.fs.clone() else {
-                unmountable(
-                    &mut g,
-                    format!("is on {}, which holds no filesystem vmfinal knows", v.name),
-                )?;
-                continue;
-            };
-            if fs.kind == "swap" {
-                continue;
-            }
-            let kind_ok = matches!(fs.kind.as_str(), "ext4" | "xfs" | "btrfs")
-                || (fs.kind == "vfat" && host_has_fs("vfat"));
-            if !kind_ok {
-                unmountable(
-                    &mut g,
-                    format!(
-                        "is {} on {}, which this host's kernel cannot mount",
-                        fs.kind, v.name
-                    ),
-                )?;
-                continue;
-            }
-            // The mount point must be a real directory inside the guest:
-            // no symlink anywhere on the way.
-            let target = match root::openat2(
-                g.root.fd(),
-                e.mountpoint.trim_start_matches('/').as_bytes(),
-                libc::O_PATH | libc::O_DIRECTORY,
-                libc::RESOLVE_IN_ROOT | libc::RESOLVE_NO_SYMLINKS | libc::RESOLVE_NO_MAGICLINKS,
-            ) {
-                Ok(t) => t,
-                Err(err) => {
-                    g.warnings.push(format!("fstab: mount point {} is not a plain directory in the guest ({err}); not mounted", e.mountpoint));
-                    continue;
-                }
-            };
-            let shown = dir.join(e.mountpoint.trim_start_matches('/'));
-            let subvol = e
-                .options
-                .split(',')
-                .find(|o| o.starts_with("subvol=") || o.starts_with("subvolid="))
-                .filter(|_| fs.kind == "btrfs")
-                .unwrap_or("")
-                .to_string();
-            let node = g.device(vi)?;
-            match try_mount(
-                &node,
-                &fd_path(&target),
-                &fs.kind,
-                read_only,
-                &subvol,
-                &shown,
-            ) {
-                Ok((m, w)) => {
-                    g.warnings.extend(w);
-                    g.push_mounted(&e.mountpoint, &v, vi, &fs.kind);
-                    g.mounts.push(m);
-                }
-                Err(err) => {
-                    unmountable(&mut g, format!("cannot be mounted from {}: {err}", v.name))?
-                }
+        for e in entries.iter().filter(|e| !e.is_net_or_virtual()) {
+            match self.fstab_volume(e) {
+                Ok(Some((vi, kind))) => self.mount_entry(e, vi, &kind, opts)?,
+                Ok(None) => {}
+                Err(why) => self.unmountable(e, why, opts)?,
             }
         }
-        // Devices no mount uses (root-probe candidates) go now.
-        let used: Vec<usize> = g.mounted.iter().map(|m| m.vol).collect();
-        g.loops.retain(|(vi, _)| used.contains(vi));
-        Ok(g)
+        Ok(())
+    }
+
+    /// The volume and filesystem type an fstab entry mounts; `None`: a
+    /// swap; an error: why vmfinal cannot mount it.
+    fn fstab_volume(&self, e: &FstabEntry) -> Result<Option<(usize, String)>, String> {
+        let Some(vi) = volume::resolve(&e.spec, &self.volumes, &self.parts)
+            .and_then(|v| self.volumes.iter().position(|x| x.key == v.key))
+        else {
+            return Err("is not a partition or logical volume of this image".into());
+        };
+        let v = &self.volumes[vi];
+        if let Mapping::Refused(why) = &v.mapping {
+            return Err(format!("is on {}, which {why}", v.name));
+        }
+        let Some(fs) = &v.fs else {
+            return Err(format!(
+                "is on {}, which holds no filesystem vmfinal knows",
+                v.name
+            ));
+        };
+        if fs.kind == "swap" {
+            return Ok(None);
+        }
+        let kind_ok = matches!(fs.kind.as_str(), "ext4" | "xfs" | "btrfs")
+            || (fs.kind == "vfat" && host_has_fs("vfat"));
+        if !kind_ok {
+            return Err(format!(
+                "is {} on {}, which this host's kernel cannot mount",
+                fs.kind, v.name
+            ));
+        }
+        Ok(Some((vi, fs.kind.clone())))
+    }
+
+    /// A filesystem the guest mounts at boot that vmfinal cannot mount: an
+    /// error (package scripts may need it), unless it is optional there or
+    /// the user said to go on.
+    fn unmountable(
+        &mut self,
+        e: &FstabEntry,
+        why: String,
+        opts: MountOptions,
+    ) -> anyhow::Result<()> {
+        let msg = format!("fstab: {} ({}) {why}", e.mountpoint, e.spec);
+        let optional = e.options.split(',').any(|o| o == "nofail" || o == "noauto");
+        if optional {
+            self.warnings
+                .push(format!("{msg}; not mounted (nofail/noauto)"));
+        } else if opts.skip_unmountable {
+            self.warnings
+                .push(format!("{msg}; not mounted (--skip-unmountable)"));
+        } else {
+            anyhow::bail!(
+                "{msg}; the guest mounts it at boot and its package scripts may need it (mark it nofail in the guest's fstab, or pass --skip-unmountable to clean without it)"
+            )
+        }
+        Ok(())
+    }
+
+    /// Mounts volume `vi` (type `kind`) where fstab entry `e` says, on a
+    /// real directory inside the guest (no symlink anywhere on the way).
+    fn mount_entry(
+        &mut self,
+        e: &FstabEntry,
+        vi: usize,
+        kind: &str,
+        opts: MountOptions,
+    ) -> anyhow::Result<()> {
+        let target = match root::openat2(
+            self.root.fd(),
+            e.mountpoint.trim_start_matches('/').as_bytes(),
+            libc::O_PATH | libc::O_DIRECTORY,
+            libc::RESOLVE_IN_ROOT | libc::RESOLVE_NO_SYMLINKS | libc::RESOLVE_NO_MAGICLINKS,
+        ) {
+            Ok(t) => t,
+            Err(err) => {
+                self.warnings.push(format!(
+                    "fstab: mount point {} is not a plain directory in the guest ({err}); not mounted",
+                    e.mountpoint
+                ));
+                return Ok(());
+            }
+        };
+        let shown = self.dir.join(e.mountpoint.trim_start_matches('/'));
+        let subvol = e
+            .options
+            .split(',')
+            .find(|o| o.starts_with("subvol=") || o.starts_with("subvolid="))
+            .filter(|_| kind == "btrfs")
+            .unwrap_or("")
+            .to_string();
+        let v = self.volumes[vi].clone();
+        let node = self.device(vi)?;
+        match try_mount(
+            &node,
+            &fd_path(&target),
+            kind,
+            self.read_only,
+            &subvol,
+            &shown,
+        ) {
+            Ok((m, w)) => {
+                self.warnings.extend(w);
+                self.push_mounted(&e.mountpoint, &v, vi, kind);
+                self.mounts.push(m);
+                Ok(())
+            }
+            Err(err) => {
+                self.unmountable(e, format!("cannot be mounted from {}: {err}", v.name), opts)
+            }
+        }
+    }
+
+    /// Step 5: devices and LV views no mount uses (root-probe candidates)
+    /// go now.
+    fn release_unused(&mut self) {
+        let used: Vec<usize> = self.mounted.iter().map(|m| m.vol).collect();
+        self.loops.retain(|(vi, _)| used.contains(vi));
+        let (keep, unused): (Vec<_>, Vec<_>) = std::mem::take(&mut self.views)
+            .into_iter()
+            .partition(|(vi, _)| used.contains(vi));
+        self.views = keep;
+        for (_, mut v) in unused {
+            self.warnings.extend(v.unmount());
+        }
     }
 
     fn push_mounted(&mut self, mountpoint: &str, v: &Volume, vi: usize, kind: &str) {
@@ -620,10 +693,17 @@ impl Guest {
         if self.loops.iter().any(|(i, _)| *i == vi) {
             return Ok(path);
         }
-        let Some((start, size)) = v.range() else {
-            anyhow::bail!("internal: {} has no mapping", v.name);
+        let (backing, start, size) = match (&v.mapping, v.range()) {
+            (_, Some((start, size))) => (self.image.clone(), start, size),
+            (Mapping::Segments { .. }, None) => {
+                let Some((_, view)) = self.views.iter().find(|(i, _)| *i == vi) else {
+                    anyhow::bail!("internal: {} has no FUSE view", v.name);
+                };
+                (view.path().to_path_buf(), 0, view.size())
+            }
+            _ => anyhow::bail!("internal: {} has no mapping", v.name),
         };
-        let lo = LoopDevice::attach(&self.image, start, size, self.read_only)
+        let lo = LoopDevice::attach(&backing, start, size, self.read_only)
             .map_err(|e| anyhow::anyhow!("cannot attach a loop device for {}: {e}", v.name))?;
         self.make_node(&lo, &path)?;
         self.loops.push((vi, lo));
@@ -679,7 +759,8 @@ impl Guest {
             .collect()
     }
 
-    /// Unmounts (deepest first) and detaches; errors are warnings.
+    /// Unmounts (deepest first), detaches, and takes down the LV views;
+    /// errors are warnings (a write an LV view failed among them).
     pub fn unmount(&mut self) -> Vec<String> {
         let mut errs = Vec::new();
         // Our descriptor of the guest root would keep it busy.
@@ -693,6 +774,10 @@ impl Guest {
             }
         }
         self.loops.clear();
+        // The LV views after their loop devices.
+        for (_, mut v) in self.views.drain(..) {
+            errs.extend(v.unmount());
+        }
         if let Some(mut d) = self.devdir.take() {
             let _ = d.unmount();
             let _ = std::fs::remove_dir(&self.devpath);
@@ -721,15 +806,12 @@ mod tests {
                 uuid: "u".into(),
                 label: String::new(),
             }),
-            mapping: Mapping::Refused(
-                "has 2 segments; vmfinal needs device-mapper to map it, which this host lacks"
-                    .into(),
-            ),
+            mapping: Mapping::Refused("is a thin LV; vmfinal maps only linear LVs".into()),
         };
         let msg = no_root_reason(&[lv], &[]);
         assert!(
             msg.starts_with(
-                "the root filesystem is on LVM logical volume vg/root (ext4), which has 2 segments"
+                "the root filesystem is on LVM logical volume vg/root (ext4), which is a thin LV"
             ),
             "{msg}"
         );

@@ -3,7 +3,8 @@
 //! generation or mount count, and the bytes of its primary superblock) and
 //! checked read-only by its own tool where one is installed
 //! (`e2fsck -fn`, `xfs_repair -n`, `btrfs check --readonly`,
-//! `fsck.fat -n`) on a read-only loop device over exactly its volume.
+//! `fsck.fat -n`) on a read-only loop device over exactly its volume (for
+//! an LV in scattered segments: over its read-only FUSE view, `lvfile`).
 //! `finalize` reads the stamps again right before compaction and right
 //! after it: any change means the bytes compacted are not the ones vmfinal
 //! cleaned and checked, and no artifact is published.
@@ -15,7 +16,8 @@ use std::process::{Command, Stdio};
 use serde::Serialize;
 
 use super::loopdev::LoopDevice;
-use super::volume::Volume;
+use super::volume::{Mapping, Volume};
+use crate::disk::lvm::{LvView, Piece};
 use crate::image::BlockSource;
 use crate::image::raw::RawImage;
 
@@ -86,6 +88,23 @@ pub fn stamp(src: &dyn BlockSource, start: u64, size: u64, kind: &str) -> anyhow
     })
 }
 
+/// [`stamp`] of a volume: `[start, start + size)` of `src`, or when
+/// `pieces` are given, the LV they make up (read through its segment map).
+fn stamp_of(
+    src: &dyn BlockSource,
+    start: u64,
+    size: u64,
+    pieces: &[Piece],
+    name: &str,
+    kind: &str,
+) -> anyhow::Result<Stamp> {
+    if pieces.is_empty() {
+        stamp(src, start, size, kind)
+    } else {
+        stamp(&LvView::of_pieces(src, name, pieces), 0, size, kind)
+    }
+}
+
 /// One cleaned filesystem, stamped and checked after unmount.
 #[derive(Debug, Clone, Serialize)]
 pub struct Verified {
@@ -95,6 +114,10 @@ pub struct Verified {
     pub start: u64,
     #[serde(skip)]
     pub size: u64,
+    /// An LV in scattered segments: its pieces on the disk (`start` is 0,
+    /// `size` the LV's: offsets are the LV's own); else empty.
+    #[serde(skip)]
+    pub pieces: Vec<Piece>,
     pub stamp: Stamp,
     /// The check that ran (`e2fsck -fn`), or none.
     pub check: Option<String>,
@@ -137,17 +160,20 @@ fn full_path(prog: &str) -> std::path::PathBuf {
 /// Stamps and checks the filesystem of `v` (type `kind`) in `image`.
 /// An error names the volume and what its tool said.
 pub fn verify(image: &Path, v: &Volume, kind: &str) -> anyhow::Result<Verified> {
-    let Some((start, size)) = v.range() else {
-        anyhow::bail!("internal: {} has no mapping", v.name);
+    let (start, size, pieces) = match (&v.mapping, v.range()) {
+        (_, Some((start, size))) => (start, size, Vec::new()),
+        (Mapping::Segments { size, pieces }, None) => (0, *size, pieces.clone()),
+        _ => anyhow::bail!("internal: {} has no mapping", v.name),
     };
     let src = RawImage::open(File::open(image)?, image)?;
-    let stamp = stamp(&src, start, size, kind)
+    let stamp = stamp_of(&src, start, size, &pieces, &v.name, kind)
         .map_err(|e| anyhow::anyhow!("{} ({kind}) after cleaning: {e}", v.name))?;
     let mut out = Verified {
         volume: v.name.clone(),
         fstype: kind.into(),
         start,
         size,
+        pieces,
         stamp,
         check: None,
         note: None,
@@ -160,7 +186,22 @@ pub fn verify(image: &Path, v: &Volume, kind: &str) -> anyhow::Result<Verified> 
         return Ok(out);
     }
     let shown = format!("{prog} {}", args.join(" "));
-    let lo = LoopDevice::attach(image, start, size, true)
+    // A scattered LV is checked through its read-only FUSE view.
+    let view = if out.pieces.is_empty() {
+        None
+    } else {
+        Some(super::lvfile::Served::serve(
+            image,
+            &v.short_name(),
+            &out.pieces,
+            true,
+        )?)
+    };
+    let (backing, lo_start) = match &view {
+        Some(sv) => (sv.path().to_path_buf(), 0),
+        None => (image.to_path_buf(), start),
+    };
+    let lo = LoopDevice::attach(&backing, lo_start, size, true)
         .map_err(|e| anyhow::anyhow!("cannot attach a loop device to check {}: {e}", v.name))?;
     let o = Command::new(full_path(prog))
         .args(args)
@@ -170,6 +211,11 @@ pub fn verify(image: &Path, v: &Volume, kind: &str) -> anyhow::Result<Verified> 
         .output()
         .map_err(|e| anyhow::anyhow!("cannot run {prog}: {e}"))?;
     drop(lo);
+    if let Some(mut sv) = view {
+        if let Some(e) = sv.unmount().first() {
+            anyhow::bail!("checking {}: {e}", v.name);
+        }
+    }
     if !o.status.success() {
         let text = format!(
             "{}\n{}",
@@ -207,7 +253,7 @@ pub fn recheck_source(
     when: &str,
 ) -> anyhow::Result<()> {
     for v in verified {
-        let now = stamp(src, v.start, v.size, &v.fstype)?;
+        let now = stamp_of(src, v.start, v.size, &v.pieces, &v.volume, &v.fstype)?;
         if now != v.stamp {
             let what = if now.uuid != v.stamp.uuid {
                 format!("UUID {} became {}", v.stamp.uuid, now.uuid)

@@ -1,19 +1,22 @@
 //! The guest's block volumes: the partitions, and the logical volumes of
 //! LVM2 volume groups on them (read by `disk::lvm`, never through the
 //! host's LVM). Each volume is one contiguous byte range of the disk that a
-//! single loop device can map, or the reason it cannot be mapped.
+//! single loop device can map, a linear LV's scattered pieces (served as one
+//! file through vmfinal's FUSE server, `lvfile`, for a loop device to map),
+//! or the reason it cannot be mapped.
 //!
-//! An LV maps to a loop device when its pieces lie back to back on the disk
-//! (one segment, or segments LVM happened to allocate contiguously). An LV
-//! whose pieces are scattered needs device-mapper linear tables, which this
-//! kind of host kernel may lack: vmfinal refuses such an LV by name (it does
-//! not build dm tables). Thin, RAID, mirror, cache, snapshot and striped LVs
-//! are refused by name too. Hidden sub-LVs are not volumes.
+//! An LV maps to a loop device at an offset when its pieces lie back to
+//! back on the disk (one segment, or segments LVM happened to allocate
+//! contiguously). An LV whose pieces are scattered maps to a loop device
+//! over its FUSE view (device-mapper, the usual way, is absent from this
+//! kind of host kernel; see docs/ARCHITECTURE.md for why vmfinal does not
+//! build dm tables where it exists). Thin, RAID, mirror, cache, snapshot
+//! and striped LVs are refused by name. Hidden sub-LVs are not volumes.
 
 use serde::Serialize;
 
 use super::{FsId, PartInfo, identify};
-use crate::disk::lvm::{self, DiskRange, LvKind, LvView};
+use crate::disk::lvm::{self, DiskRange, LvKind, LvView, Piece};
 use crate::fs::Region;
 use crate::image::BlockSource;
 
@@ -23,6 +26,9 @@ use crate::image::BlockSource;
 pub enum Mapping {
     /// `size` bytes at disk byte `start`: one loop device.
     Loop { start: u64, size: u64 },
+    /// A linear LV of `size` bytes in scattered `pieces` (LV order): a loop
+    /// device over its FUSE view (`lvfile`).
+    Segments { size: u64, pieces: Vec<Piece> },
     /// Not mappable here; the text completes "LVM logical volume vg/lv, which ...".
     Refused(String),
 }
@@ -55,12 +61,40 @@ impl Volume {
     /// ext2/3/4, xfs or btrfs, mappable: what the root probe and fstab mount.
     pub fn mountable_kind(&self) -> Option<&str> {
         let k = self.fs.as_ref()?.kind.as_str();
-        (matches!(k, "ext4" | "xfs" | "btrfs") && matches!(self.mapping, Mapping::Loop { .. }))
-            .then_some(k)
+        (matches!(k, "ext4" | "xfs" | "btrfs") && self.mapped()).then_some(k)
     }
+    /// `vg/lv` for a logical volume, else its human name.
+    pub fn short_name(&self) -> String {
+        match &self.lv {
+            Some(l) => format!("{}/{}", l.vg, l.lv),
+            None => self.name.clone(),
+        }
+    }
+    /// Whether vmfinal can map it (a loop device, maybe over a FUSE view).
+    pub fn mapped(&self) -> bool {
+        !matches!(self.mapping, Mapping::Refused(_))
+    }
+    /// Its one contiguous disk range, if it has one.
     pub fn range(&self) -> Option<(u64, u64)> {
         match self.mapping {
             Mapping::Loop { start, size } => Some((start, size)),
+            Mapping::Segments { .. } | Mapping::Refused(_) => None,
+        }
+    }
+    /// Its disk pieces in volume order, and its size (a contiguous volume
+    /// is one piece).
+    pub fn pieces(&self) -> Option<(Vec<Piece>, u64)> {
+        match &self.mapping {
+            &Mapping::Loop { start, size } => Some((
+                vec![Piece {
+                    lv_start: 0,
+                    len: size,
+                    disk_start: start,
+                    pv: 0,
+                }],
+                size,
+            )),
+            Mapping::Segments { size, pieces } => Some((pieces.clone(), *size)),
             Mapping::Refused(_) => None,
         }
     }
@@ -73,13 +107,12 @@ pub struct Volumes {
     pub warnings: Vec<String>,
 }
 
-/// Whether this host's kernel has device-mapper (its control node opens).
-fn dm_available() -> bool {
-    std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/mapper/control")
-        .is_ok()
+/// Whether `map` covers its LV from byte 0 without a gap or an overlap.
+fn gapless(map: &[Piece]) -> bool {
+    map.first().is_some_and(|p| p.lv_start == 0)
+        && map
+            .windows(2)
+            .all(|w| w[0].lv_start + w[0].len == w[1].lv_start)
 }
 
 /// The volumes on `src`, given its partitions.
@@ -94,6 +127,9 @@ pub fn scan(src: &dyn BlockSource, parts: &[PartInfo]) -> Volumes {
         })
         .collect();
     let lvm = lvm::scan(src, &ranges);
+    // Where a scattered LV's FUSE view cannot be served, say so up front
+    // (the dry run and the preflight then name it).
+    let fuse = std::path::Path::new("/dev/fuse").exists();
     for p in parts {
         if lvm.is_pv(p.index) {
             continue;
@@ -148,15 +184,20 @@ pub fn scan(src: &dyn BlockSource, parts: &[PartInfo]) -> Volumes {
                     start: lv.map[0].disk_start,
                     size: lv.size,
                 }
+            } else if mapped == lv.size && gapless(&lv.map) && fuse {
+                Mapping::Segments {
+                    size: lv.size,
+                    pieces: lv.map.clone(),
+                }
+            } else if mapped == lv.size && gapless(&lv.map) {
+                Mapping::Refused(format!(
+                    "is in {} scattered segments, which vmfinal maps through a FUSE view of them, and this host has no /dev/fuse",
+                    lv.segments
+                ))
             } else {
                 Mapping::Refused(format!(
-                    "has {} segments; vmfinal needs device-mapper to map it, which {}",
-                    lv.segments,
-                    if dm_available() {
-                        "this version of vmfinal does not use yet"
-                    } else {
-                        "this host lacks"
-                    }
+                    "has {} segments that map {mapped} of its {} bytes",
+                    lv.segments, lv.size
                 ))
             };
             out.list.push(Volume {

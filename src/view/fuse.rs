@@ -1,5 +1,7 @@
-//! One file served through FUSE: the copy-on-write view, for a loop device
-//! to mount the guest from. The small part of the FUSE protocol a single
+//! One file served through FUSE, for a loop device to mount the guest
+//! from: the copy-on-write view of the input, or a logical volume's
+//! segments concatenated (`guest::lvfile`); anything that implements
+//! [`FuseFile`]. The small part of the FUSE protocol a single
 //! regular file needs (INIT, GETATTR, OPEN, READ, WRITE, FALLOCATE, FLUSH,
 //! FSYNC, RELEASE, STATFS) is spoken here over `/dev/fuse`, mounted with
 //! mount(2) as root (no libfuse, no fusermount). The mount's root is the
@@ -7,9 +9,10 @@
 //! `/run/vmfinal`, inside vmfinal's private mount namespace.
 //!
 //! Deadlocks: the loop device's I/O comes back to these server threads, so
-//! they touch nothing but the input and the overlay (never the guest
-//! mount), and each runs with PR_SET_IO_FLUSHER (memory reclaim from them
-//! does not wait on the loop's writeback). Each also leaves the shared
+//! they touch nothing but what they serve from (the input and the overlay;
+//! for an LV, the disk file: the raw workspace or the view's FUSE file;
+//! never the guest mount), and each runs with PR_SET_IO_FLUSHER (memory
+//! reclaim from them does not wait on the loop's writeback). Each also leaves the shared
 //! descriptor table, working directory and mount namespace
 //! (unshare(CLONE_FILES|CLONE_FS|CLONE_NEWNS), before anything is mounted)
 //! and the main thread closes its `/dev/fuse` descriptor: if vmfinal is
@@ -30,7 +33,43 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::CowView;
-use crate::image::BlockSource;
+use crate::image::{BlockSource, Result as ImageResult};
+
+/// What a FUSE file serves: a fixed number of bytes that can be read,
+/// written and zeroed (a discard).
+pub trait FuseFile: Send + Sync {
+    fn size(&self) -> u64;
+    fn read_at(&self, buf: &mut [u8], off: u64) -> ImageResult<()>;
+    fn write_at(&self, data: &[u8], off: u64) -> ImageResult<()>;
+    /// Makes `[off, off+len)` read as zeros.
+    fn punch(&self, off: u64, len: u64) -> ImageResult<()>;
+    /// Bytes it occupies on the host (what `stat` shows as blocks).
+    fn allocated(&self) -> u64;
+    /// Keeps the first error met serving the kernel (which sees only an
+    /// errno): the run must not trust what it wrote.
+    fn record_error(&self, e: &str);
+}
+
+impl FuseFile for CowView {
+    fn size(&self) -> u64 {
+        self.virtual_size()
+    }
+    fn read_at(&self, buf: &mut [u8], off: u64) -> ImageResult<()> {
+        BlockSource::read_at(self, buf, off)
+    }
+    fn write_at(&self, data: &[u8], off: u64) -> ImageResult<()> {
+        CowView::write_at(self, data, off)
+    }
+    fn punch(&self, off: u64, len: u64) -> ImageResult<()> {
+        CowView::punch(self, off, len)
+    }
+    fn allocated(&self) -> u64 {
+        self.overlay_allocated()
+    }
+    fn record_error(&self, e: &str) {
+        CowView::record_error(self, e)
+    }
+}
 
 /// The mount's source name: `vmfinal:PID` (what `sweep_stale` looks for).
 pub const FSNAME_PREFIX: &str = "vmfinal:";
@@ -95,7 +134,7 @@ fn cstr(p: &[u8]) -> io::Result<CString> {
 impl FuseView {
     /// Mounts `view` as the regular file `path` (created here) and starts
     /// the server threads. `read_only` refuses writes (a dry run).
-    pub fn serve(view: Arc<CowView>, path: &Path, read_only: bool) -> io::Result<Self> {
+    pub fn serve(view: Arc<dyn FuseFile>, path: &Path, read_only: bool) -> io::Result<Self> {
         let dev = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
@@ -140,7 +179,7 @@ impl FuseView {
                     let dev = unsafe { File::from_raw_fd(fd) };
                     let _ = ready.send(Ok(()));
                     if go.recv().is_ok() {
-                        serve_loop(&dev, &view, read_only);
+                        serve_loop(&dev, view.as_ref(), read_only);
                     }
                     drop(dev);
                     let _ = done.send(());
@@ -269,7 +308,7 @@ fn errno_of(e: &crate::image::ImageError) -> i32 {
     }
 }
 
-fn serve_loop(dev: &File, view: &CowView, read_only: bool) {
+fn serve_loop(dev: &File, view: &dyn FuseFile, read_only: bool) {
     let mut buf = vec![0u8; BUF];
     let mut out: Vec<u8> = Vec::with_capacity(BUF);
     loop {
@@ -317,14 +356,14 @@ fn push64(o: &mut Vec<u8>, v: u64) {
     o.extend_from_slice(&v.to_le_bytes());
 }
 
-fn attr_out(o: &mut Vec<u8>, view: &CowView, read_only: bool) {
+fn attr_out(o: &mut Vec<u8>, view: &dyn FuseFile, read_only: bool) {
     push64(o, 3600); // attr_valid
     push32(o, 0);
     push32(o, 0);
-    let size = view.virtual_size();
+    let size = view.size();
     push64(o, ROOT_ID);
     push64(o, size);
-    push64(o, view.overlay_allocated() / 512);
+    push64(o, view.allocated() / 512);
     for _ in 0..3 {
         push64(o, 0); // atime, mtime, ctime
     }
@@ -345,7 +384,7 @@ fn attr_out(o: &mut Vec<u8>, view: &CowView, read_only: bool) {
 fn handle(
     opcode: u32,
     body: &[u8],
-    view: &CowView,
+    view: &dyn FuseFile,
     read_only: bool,
     out: &mut Vec<u8>,
 ) -> Option<i32> {
@@ -390,7 +429,7 @@ fn handle(
         FUSE_READ => {
             let off = le64(body, 8);
             let size = le32(body, 16) as u64;
-            let vs = view.virtual_size();
+            let vs = view.size();
             let n = size.min(vs.saturating_sub(off)) as usize;
             let at = out.len();
             out.resize(at + n, 0);
@@ -411,7 +450,7 @@ fn handle(
             let Some(data) = body.get(40..40 + size) else {
                 return Some(libc::EINVAL);
             };
-            if off.saturating_add(size as u64) > view.virtual_size() {
+            if off.saturating_add(size as u64) > view.size() {
                 return Some(libc::ENOSPC);
             }
             match view.write_at(data, off) {
@@ -450,7 +489,7 @@ fn handle(
             }
         }
         FUSE_STATFS => {
-            let blocks = view.virtual_size() / 4096;
+            let blocks = view.size() / 4096;
             push64(out, blocks);
             push64(out, 0);
             push64(out, 0);

@@ -19,11 +19,15 @@ pub struct LvView<'a> {
 impl<'a> LvView<'a> {
     /// The view of `lv` (its map must be non-empty: a linear LV).
     pub fn new(src: &'a dyn BlockSource, lv: &Lv) -> Self {
+        Self::of_pieces(src, &lv.full_name(), &lv.map)
+    }
+    /// The view of the LV `name` whose segment map is `map`.
+    pub fn of_pieces(src: &'a dyn BlockSource, name: &str, map: &[Piece]) -> Self {
         Self {
             src,
-            name: lv.full_name(),
-            size: lv.map.last().map(|p| p.lv_start + p.len).unwrap_or(0),
-            map: lv.map.clone(),
+            name: name.to_owned(),
+            size: map.last().map(|p| p.lv_start + p.len).unwrap_or(0),
+            map: map.to_vec(),
         }
     }
     fn err(&self, what: String) -> ImageError {
