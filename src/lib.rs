@@ -19,6 +19,7 @@ pub mod image;
 pub mod inspect;
 pub mod interrupt;
 pub mod output;
+pub mod owner;
 pub mod pipeline;
 pub mod profile;
 pub mod progress;

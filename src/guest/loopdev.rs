@@ -2,8 +2,8 @@
 //! kernel may have no partition parser), set up with `LOOP_CONFIGURE` and
 //! `LO_FLAGS_AUTOCLEAR`: the kernel detaches a device by itself once its
 //! last user (our descriptor, the mount) is gone, so even a SIGKILL leaves
-//! none behind. Each device is tagged `vmfinal:PID` in its `lo_file_name`,
-//! which `vmfinal cleanup` looks for.
+//! none behind. Each device is tagged `vmfinal:PID@PIDNS` in its
+//! `lo_file_name` (see `crate::owner`), which `vmfinal cleanup` looks for.
 //!
 //! Hand-written rather than the `loopdev` crate: that one binds the kernel
 //! headers at build time (bindgen, libclang) for the three ioctls and one
@@ -82,7 +82,7 @@ impl LoopDevice {
         info.lo_offset = offset;
         info.lo_sizelimit = size;
         info.lo_flags = LO_FLAGS_AUTOCLEAR | if read_only { LO_FLAGS_READ_ONLY } else { 0 };
-        let tag = format!("{TAG}{}", std::process::id());
+        let tag = format!("{TAG}{}", crate::owner::me());
         info.lo_file_name[..tag.len()].copy_from_slice(tag.as_bytes());
         for _ in 0..64 {
             // SAFETY: ioctl on our descriptor without arguments.
@@ -175,12 +175,12 @@ impl Drop for LoopDevice {
 #[derive(Debug)]
 pub struct TaggedLoop {
     pub path: PathBuf,
-    pub pid: u32,
+    pub owner: crate::owner::Owner,
     file: File,
 }
 
-/// The `vmfinal:PID` tag of the device open on `f`, if it is attached and tagged.
-fn tag_of(f: &File) -> Option<u32> {
+/// The `vmfinal:PID@PIDNS` tag of the device open on `f`, if it is attached and tagged.
+fn tag_of(f: &File) -> Option<crate::owner::Owner> {
     let mut info = zero_info();
     // SAFETY: `f` is an open loop device; `info` is a valid out-buffer of the
     // size LOOP_GET_STATUS64 writes.
@@ -200,7 +200,7 @@ fn tag_of(f: &File) -> Option<u32> {
         .position(|&c| c == 0)
         .unwrap_or(LO_NAME_SIZE);
     let s = String::from_utf8_lossy(&info.lo_file_name[..nul]).into_owned();
-    s.strip_prefix(TAG).and_then(|p| p.parse().ok())
+    s.strip_prefix(TAG).and_then(crate::owner::parse)
 }
 
 /// Loop devices tagged by vmfinal (any process), each held open.
@@ -222,8 +222,8 @@ pub fn tagged() -> Vec<TaggedLoop> {
         let Ok(file) = File::open(&path) else {
             continue;
         };
-        if let Some(pid) = tag_of(&file) {
-            out.push(TaggedLoop { path, pid, file });
+        if let Some(owner) = tag_of(&file) {
+            out.push(TaggedLoop { path, owner, file });
         }
     }
     out
@@ -233,7 +233,7 @@ impl TaggedLoop {
     /// Detaches the device if it still carries the same tag (checked again
     /// on the held descriptor, right before the detach).
     pub fn detach(self) -> io::Result<()> {
-        if tag_of(&self.file) != Some(self.pid) {
+        if tag_of(&self.file) != Some(self.owner) {
             return Err(io::Error::other("no longer attached by that run"));
         }
         // SAFETY: ioctl on our own open descriptor of the device.

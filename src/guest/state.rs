@@ -16,6 +16,9 @@ pub const STATE_DIR: &str = "/run/vmfinal";
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct StateData {
     pid: u32,
+    /// `crate::owner` tag (`PID@PIDNS`); absent in files of older runs.
+    #[serde(default)]
+    owner: Option<String>,
     files: Vec<PathBuf>,
     dirs: Vec<PathBuf>,
 }
@@ -35,6 +38,7 @@ impl State {
             path: Path::new(STATE_DIR).join(format!("{pid}.json")),
             data: StateData {
                 pid,
+                owner: Some(crate::owner::me()),
                 ..Default::default()
             },
         };
@@ -72,24 +76,14 @@ fn absolute(p: &Path) -> PathBuf {
     std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf())
 }
 
-/// Is `pid` a live vmfinal process?
-fn alive(pid: u32) -> bool {
-    if pid == std::process::id() {
-        return true;
-    }
-    std::fs::read_to_string(format!("/proc/{pid}/comm"))
-        .map(|c| c.trim() == "vmfinal")
-        .unwrap_or(false)
-}
-
 /// Undoes what dead vmfinal runs left: detaches their tagged loop devices,
 /// removes their workspace and temporary files and empty mount directories.
 /// Returns one line per thing removed.
 pub fn sweep_stale() -> Vec<String> {
     let mut done = Vec::new();
     for l in loopdev::tagged() {
-        if !alive(l.pid) {
-            let (path, pid) = (l.path.display().to_string(), l.pid);
+        if !crate::owner::alive(l.owner) {
+            let (path, pid) = (l.path.display().to_string(), l.owner);
             match l.detach() {
                 Ok(()) => done.push(format!("detached {path} (left by vmfinal pid {pid})")),
                 Err(e) => done.push(format!("could not detach {path} (left by pid {pid}): {e}")),
@@ -98,7 +92,7 @@ pub fn sweep_stale() -> Vec<String> {
     }
     // Then the FUSE files such loops were over (only visible here if a
     // run mounted one outside its private namespace).
-    for (mp, pid) in crate::view::fuse::stale_mounts(alive) {
+    for (mp, pid) in crate::view::fuse::stale_mounts(crate::owner::alive) {
         if let Ok(c) = std::ffi::CString::new(mp.as_os_str().as_encoded_bytes()) {
             // SAFETY: valid C string; a lazy unmount of vmfinal's own mount.
             if unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH | libc::UMOUNT_NOFOLLOW) } == 0 {
@@ -112,17 +106,34 @@ pub fn sweep_stale() -> Vec<String> {
     let Ok(rd) = std::fs::read_dir(STATE_DIR) else {
         return done;
     };
-    for e in rd.flatten() {
-        let p = e.path();
-        let Some(pid) = p
-            .file_stem()
-            .and_then(|s| s.to_str())
-            .and_then(|s| s.split('.').next())
-            .and_then(|s| s.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        if alive(pid) {
+    let entries: Vec<(PathBuf, u32)> = rd
+        .flatten()
+        .filter_map(|e| {
+            let p = e.path();
+            let pid = p
+                .file_stem()
+                .and_then(|s| s.to_str())
+                .and_then(|s| s.split('.').next())
+                .and_then(|s| s.parse::<u32>().ok())?;
+            Some((p, pid))
+        })
+        .collect();
+    // Who made each PID's entries: the tag in its state file (with its PID
+    // namespace), or the bare PID for entries of older runs.
+    let owner_of = |pid: u32| -> crate::owner::Owner {
+        std::fs::read(Path::new(STATE_DIR).join(format!("{pid}.json")))
+            .ok()
+            .and_then(|b| serde_json::from_slice::<StateData>(&b).ok())
+            .and_then(|d| d.owner)
+            .and_then(|t| crate::owner::parse(&t))
+            .unwrap_or(crate::owner::Owner { pid, ns: None })
+    };
+    let owners: std::collections::BTreeMap<u32, crate::owner::Owner> = entries
+        .iter()
+        .map(|&(_, pid)| (pid, owner_of(pid)))
+        .collect();
+    for (p, pid) in entries {
+        if owners.get(&pid).is_none_or(|&o| crate::owner::alive(o)) {
             continue;
         }
         if p.extension().is_some_and(|x| x == "json") {

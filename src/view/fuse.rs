@@ -199,7 +199,7 @@ impl FuseView {
             .create_new(true)
             .open(path)
             .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
-        let src = cstr(format!("{FSNAME_PREFIX}{}", std::process::id()).as_bytes())?;
+        let src = cstr(format!("{FSNAME_PREFIX}{}", crate::owner::me()).as_bytes())?;
         let target = cstr(path.as_os_str().as_bytes())?;
         let fstype = cstr(FSTYPE.as_bytes())?;
         let data = cstr(
@@ -511,7 +511,9 @@ fn handle(
 /// FUSE mounts made by vmfinal runs that are no longer alive, visible in
 /// this mount namespace: (mount point, pid). They can only be here if a
 /// run mounted outside a private namespace; the sweep unmounts them.
-pub fn stale_mounts(alive: impl Fn(u32) -> bool) -> Vec<(PathBuf, u32)> {
+pub fn stale_mounts(
+    alive: impl Fn(crate::owner::Owner) -> bool,
+) -> Vec<(PathBuf, crate::owner::Owner)> {
     let Ok(s) = std::fs::read_to_string("/proc/self/mountinfo") else {
         return Vec::new();
     };
@@ -528,7 +530,7 @@ pub fn stale_mounts(alive: impl Fn(u32) -> bool) -> Vec<(PathBuf, u32)> {
         let Some(pid) = r
             .get(1)
             .and_then(|s| s.strip_prefix(FSNAME_PREFIX))
-            .and_then(|p| p.parse::<u32>().ok())
+            .and_then(crate::owner::parse)
         else {
             continue;
         };

@@ -1,0 +1,135 @@
+//! Who made a loop device, a FUSE mount or a state file, and whether that
+//! run is still alive: the one judgement behind every sweep of what killed
+//! runs left (`guest::state::sweep_stale`, `vmfinal cleanup`).
+//!
+//! A PID alone does not name a run. Loop devices are global, and `/run` or
+//! an output directory may be shared, while PIDs are numbered per PID
+//! namespace: a vmfinal in a container (or under `unshare --pid`) records
+//! PIDs that mean another process, or none, in the host's namespace, so a
+//! sweep there that trusted the PID would detach a live run's loop devices
+//! or delete its workspace. Every tag therefore carries the PID namespace
+//! it was taken in (`PID@NSINODE`), and a run is judged:
+//! - same namespace as ours: alive while `/proc/PID/comm` is `vmfinal`;
+//! - another namespace: alive unless this process is in the initial PID
+//!   namespace (which sees every process) and no process is left in that
+//!   namespace; from inside a container nothing outside it can be judged,
+//!   so it is left alone;
+//! - a tag without a namespace (older vmfinal): judged by PID, as then.
+
+use std::os::unix::fs::MetadataExt;
+
+/// The initial PID namespace's inode number (the kernel's PROC_PID_INIT_INO).
+const INIT_PID_NS: u64 = 0xEFFF_FFFC;
+
+/// The PID namespace of process `pid` ("self" for this one), by inode.
+fn pidns_of(pid: &str) -> Option<u64> {
+    std::fs::metadata(format!("/proc/{pid}/ns/pid"))
+        .ok()
+        .map(|m| m.ino())
+}
+
+/// This process's tag: `PID@NSINODE` (or `PID` where /proc has no ns).
+pub fn me() -> String {
+    let pid = std::process::id();
+    match pidns_of("self") {
+        Some(ns) => format!("{pid}@{ns}"),
+        None => pid.to_string(),
+    }
+}
+
+/// A parsed tag.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Owner {
+    pub pid: u32,
+    pub ns: Option<u64>,
+}
+
+impl std::fmt::Display for Owner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.pid)
+    }
+}
+
+/// Parses `PID` or `PID@NSINODE`.
+pub fn parse(s: &str) -> Option<Owner> {
+    let (pid, ns) = match s.split_once('@') {
+        Some((p, n)) => (p, Some(n.parse::<u64>().ok()?)),
+        None => (s, None),
+    };
+    Some(Owner {
+        pid: pid.parse().ok()?,
+        ns,
+    })
+}
+
+/// Is the run that made this tag possibly still alive? (Never false for a
+/// run this process cannot see.)
+pub fn alive(o: Owner) -> bool {
+    let here = pidns_of("self");
+    match (o.ns, here) {
+        (Some(ns), Some(here)) if ns != here => {
+            if here != INIT_PID_NS {
+                return true;
+            }
+            namespace_has_processes(ns)
+        }
+        _ => {
+            o.pid == std::process::id()
+                || std::fs::read_to_string(format!("/proc/{}/comm", o.pid))
+                    .is_ok_and(|c| c.trim() == "vmfinal")
+        }
+    }
+}
+
+/// Does any process (as this process sees /proc) live in PID namespace `ns`?
+fn namespace_has_processes(ns: u64) -> bool {
+    let Ok(rd) = std::fs::read_dir("/proc") else {
+        return true;
+    };
+    for e in rd.flatten() {
+        let name = e.file_name();
+        let Some(n) = name.to_str() else { continue };
+        if n.bytes().all(|b| b.is_ascii_digit()) && pidns_of(n) == Some(ns) {
+            return true;
+        }
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tags_round_trip_and_old_tags_parse() {
+        let t = me();
+        let o = parse(&t).expect("own tag parses");
+        assert_eq!(o.pid, std::process::id());
+        assert!(alive(o));
+        assert_eq!(parse("123"), Some(Owner { pid: 123, ns: None }));
+        assert_eq!(parse("12@x"), None);
+        assert_eq!(parse("@5"), None);
+        assert_eq!(parse(""), None);
+    }
+
+    #[test]
+    fn a_run_in_a_live_foreign_namespace_is_left_alone() {
+        // An inode no namespace has: dead when we are in the initial
+        // namespace (we see everything), unknowable (alive) otherwise.
+        let o = Owner {
+            pid: 1,
+            ns: Some(1),
+        };
+        let init = pidns_of("self") == Some(INIT_PID_NS);
+        assert_eq!(alive(o), !init);
+        // Our own namespace under a foreign-looking tag of a live process.
+        if let Some(ns) = pidns_of("1") {
+            if Some(ns) != pidns_of("self") {
+                assert!(alive(Owner {
+                    pid: 1,
+                    ns: Some(ns)
+                }));
+            }
+        }
+    }
+}
