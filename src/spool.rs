@@ -314,14 +314,14 @@ fn copy_sparse(r: &mut dyn Read, f: &File, st: &crate::progress::Stage) -> std::
         let mut i = 0;
         while i < n {
             let end = (i + BLOCK).min(n);
-            if crate::pipeline::is_zero(&data[i..end]) {
+            if crate::bytes::is_zero(&data[i..end]) {
                 i = end;
                 continue;
             }
             let mut j = end;
             while j < n {
                 let e = (j + BLOCK).min(n);
-                if crate::pipeline::is_zero(&data[j..e]) {
+                if crate::bytes::is_zero(&data[j..e]) {
                     break;
                 }
                 j = e;

@@ -2,11 +2,16 @@
 //! the target's directory and renamed over the final name only on success. A
 //! failure, a panic or Ctrl-C leaves no file under the final name.
 //!
-//! The format writers live beside their readers (`image::qcow2::writer`,
-//! `image::zst`); the sparse raw writer is here.
+//! Every format writer is here, each a pipeline `Sink`: `qcow2` (with the
+//! cluster encoders), `zst` (seekable `.zst`) and `raw` (sparse file or
+//! stream). The readers are in `image/`; the on-disk layout both sides use
+//! (qcow2 header and entry encoding, the `.zst` seek table) lives with the
+//! readers, in `image::qcow2::format` and `image::zst`.
 
 pub mod dest;
+pub mod qcow2;
 pub mod raw;
+pub mod zst;
 
 use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};

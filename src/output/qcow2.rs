@@ -1,4 +1,7 @@
-//! Sequential compressed qcow2 v3 writer.
+//! Sequential compressed qcow2 v3 writer, and the cluster encoders the
+//! pipeline's workers run. The layout it writes (header fields, entry
+//! encoding, limits) is `image::qcow2::format`, which the reader and the
+//! checker read with; the tuned raw deflate is `image::qcow2::deflate`.
 //!
 //! Layout, in file order: the header cluster; packed compressed clusters (byte
 //! granular) with plain clusters cluster-aligned among them and each L2 table
@@ -13,14 +16,15 @@ use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 
-use super::Compression;
-use super::format::{ENTRY_COPIED, L2_COMPRESSED, QCOW2_MAGIC};
+use crate::image::qcow2::Compression;
+use crate::image::qcow2::deflate::RawDeflate;
+use crate::image::qcow2::format::{self, ENTRY_COPIED, L2_COMPRESSED, QCOW2_MAGIC};
 use crate::pipeline::{JobOut, PipelineError, Sink, UnitEncoder, UnitOut};
 
 const VERSION: u32 = 3;
 const HEADER_LENGTH: u32 = 112;
 /// Incompatible feature bit 3: compression type in header byte 104.
-const INCOMPAT_COMPRESSION_TYPE: u64 = super::format::IncompatFeatures::COMPRESSION_TYPE;
+const INCOMPAT_COMPRESSION_TYPE: u64 = format::IncompatFeatures::COMPRESSION_TYPE;
 const COMPRESSION_TYPE_ZLIB: u8 = 0;
 const COMPRESSION_TYPE_ZSTD: u8 = 1;
 const SECTOR: u64 = 512;
@@ -63,7 +67,7 @@ pub fn check_limits(virtual_size: u64, cluster_size: u64) -> Result<(), Pipeline
         )));
     }
     let per_l2 = cluster_size * (cluster_size / 8);
-    let max = (super::format::MAX_L1_BYTES / 8).saturating_mul(per_l2);
+    let max = (format::MAX_L1_BYTES / 8).saturating_mul(per_l2);
     let size = virtual_size.div_ceil(SECTOR).saturating_mul(SECTOR);
     if size > max {
         let hint = if cluster_size < 2 << 20 {
@@ -201,7 +205,7 @@ impl Qcow2Writer {
             self.file
                 .write_all_at(&self.buf, self.buf_start)
                 .map_err(|e| self.werr(e))?;
-            crate::output::start_writeback(&self.file, self.buf_start, self.buf.len() as u64);
+            super::start_writeback(&self.file, self.buf_start, self.buf.len() as u64);
             self.buf_start += self.buf.len() as u64;
             self.buf.clear();
         }
@@ -390,7 +394,7 @@ impl Sink for Qcow2Writer {
 
 /// Raw deflate with a 4 KiB window, see `deflate.rs`.
 struct ZlibClusterEncoder {
-    d: super::deflate::RawDeflate,
+    d: RawDeflate,
     cluster_size: usize,
     padded: Vec<u8>,
 }
@@ -463,7 +467,7 @@ pub fn cluster_encoder(
         Compression::Zlib => {
             let lvl = level.unwrap_or(6).clamp(0, 9) as u32;
             Box::new(ZlibClusterEncoder {
-                d: super::deflate::RawDeflate::new(lvl)?,
+                d: RawDeflate::new(lvl)?,
                 cluster_size: cs,
                 padded: Vec::new(),
             })
