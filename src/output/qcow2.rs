@@ -18,7 +18,11 @@ use std::path::PathBuf;
 
 use crate::image::qcow2::Compression;
 use crate::image::qcow2::deflate::RawDeflate;
-use crate::image::qcow2::format::{self, ENTRY_COPIED, L2_COMPRESSED, QCOW2_MAGIC};
+use crate::image::qcow2::entry::{
+    encode_compressed, encode_l1, encode_reftable, encode_standard, refcount_set,
+    refcounts_per_block,
+};
+use crate::image::qcow2::format::{self, QCOW2_MAGIC};
 use crate::pipeline::{JobOut, PipelineError, Sink, UnitEncoder, UnitOut};
 
 const VERSION: u32 = 3;
@@ -31,20 +35,11 @@ const SECTOR: u64 = 512;
 /// Write buffer size: large sequential writes, few syscalls.
 const WRITE_BUFFER: usize = 8 << 20;
 
-/// Compressed-cluster descriptor for `len` bytes at host byte `off`:
-/// offset in bits `0..x`, additional sectors in bits `x..62`, where
-/// `x = 62 - (cluster_bits - 8)`.
-pub fn compressed_descriptor(off: u64, len: u64, cluster_bits: u32) -> u64 {
-    let x = 62 - (cluster_bits - 8);
-    let extra_sectors = ((off + len - 1) / SECTOR) - (off / SECTOR);
-    L2_COMPRESSED | (extra_sectors << x) | off
-}
-
 /// Refcount blocks and refcount-table clusters needed so that every cluster of
 /// a file of `used` clusters plus the refcount structures themselves has a
 /// refcount slot: the smallest fixed point.
 pub fn refcount_layout(used: u64, cluster_size: u64, refcount_bits: u64) -> (u64, u64) {
-    let per_block = cluster_size * 8 / refcount_bits;
+    let per_block = refcounts_per_block(cluster_size, refcount_bits);
     let (mut blocks, mut table) = (0u64, 0u64);
     loop {
         let nb = (used + blocks + table).div_ceil(per_block);
@@ -245,7 +240,7 @@ impl Qcow2Writer {
                 bytes.extend_from_slice(&e.to_be_bytes());
             }
             self.write_at(off, &bytes)?;
-            self.l1[l1i] = off | ENTRY_COPIED;
+            self.l1[l1i] = encode_l1(off);
             self.l2.fill(0);
             self.l2_used = false;
         }
@@ -293,22 +288,18 @@ impl Qcow2Writer {
 
         let mut table_bytes = vec![0u8; (table * cs) as usize];
         for b in 0..blocks {
-            let e = blocks_off + b * cs;
+            let e = encode_reftable(blocks_off + b * cs);
             table_bytes[(b * 8) as usize..(b * 8 + 8) as usize].copy_from_slice(&e.to_be_bytes());
         }
         self.write_at(table_off, &table_bytes)?;
-        let per_block = (cs * 8 / bits) as usize;
+        let per_block = refcounts_per_block(cs, bits) as usize;
         let mut block = vec![0u8; cs as usize];
         for b in 0..blocks as usize {
             block.fill(0);
             let first = b * per_block;
             let last = (first + per_block).min(self.refcounts.len());
             for (i, &r) in self.refcounts[first.min(last)..last].iter().enumerate() {
-                if bits == 16 {
-                    block[i * 2..i * 2 + 2].copy_from_slice(&(r as u16).to_be_bytes());
-                } else {
-                    block[i * 4..i * 4 + 4].copy_from_slice(&r.to_be_bytes());
-                }
+                refcount_set(&mut block, i as u64, bits, r as u64);
             }
             self.write_at(blocks_off + b as u64 * cs, &block)?;
         }
@@ -374,7 +365,7 @@ impl Sink for Qcow2Writer {
                     let len = bytes.len() as u64;
                     let off = self.place_compressed(len);
                     self.write_at(off, bytes)?;
-                    self.set_entry(gc, compressed_descriptor(off, len, self.cluster_bits))?;
+                    self.set_entry(gc, encode_compressed(off, len, self.cluster_bits))?;
                 }
                 UnitOut::Plain => {
                     let off = self.alloc(1);
@@ -384,7 +375,7 @@ impl Sink for Qcow2Writer {
                         let pad = vec![0u8; cs as usize - data.len()];
                         self.write_at(off + data.len() as u64, &pad)?;
                     }
-                    self.set_entry(gc, off | ENTRY_COPIED)?;
+                    self.set_entry(gc, encode_standard(off))?;
                 }
             }
         }
@@ -490,13 +481,6 @@ pub fn cluster_encoder(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn descriptor_matches_qemu_example() {
-        // From the reference notes: 0x4400000001050000 = off 0x1050000, 16 extra sectors.
-        let d = compressed_descriptor(0x105_0000, 16 * 512 + 512, 16);
-        assert_eq!(d, 0x4400_0000_0105_0000);
-    }
 
     #[test]
     fn limits_follow_qemus_l1_cap() {

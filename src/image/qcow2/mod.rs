@@ -1,6 +1,7 @@
 //! qcow2: our own strict reader and consistency checker. The layout is
 //! QEMU's specification (`docs/interop/qcow2.txt` in the QEMU source);
-//! `format.rs` holds the header and table decodings as pure functions, which
+//! `format.rs` holds the header and directory decodings and `entry.rs` every
+//! table entry decoded and encoded side by side, as pure functions, which
 //! the writer (`output::qcow2`) encodes with too. `deflate.rs` is the tuned
 //! raw deflate the writer and `estimate` compress with (a codec: it reads and
 //! writes no file).
@@ -13,6 +14,7 @@
 
 pub mod check;
 pub mod deflate;
+pub mod entry;
 pub mod format;
 pub mod reader;
 
