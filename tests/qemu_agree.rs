@@ -236,10 +236,8 @@ fn zstd_clusters_of_several_frames_read_as_qemu_reads_them() {
         };
         let off = std::fs::metadata(&img).unwrap().len();
         patch(&img, off, &body);
-        let x = 62 - (16 - 8);
-        let sectors = (off + body.len() as u64 - 1) / 512 - off / 512;
-        let entry = 1u64 << 62 | sectors << x | off;
-        patch(&img, l2 + 8 * i as u64, &entry.to_be_bytes());
+        let e = entry::encode_compressed(off, body.len() as u64, 16);
+        patch(&img, l2 + 8 * i as u64, &e.to_be_bytes());
     }
     assert!(reads_agree(&img, d.path()), "both must read it");
 }
@@ -291,7 +289,7 @@ fn check_sees_a_zero_refcount_under_a_snapshot() {
         .arg(&img));
     assert_eq!(check_code(&img), (Some(0), Some(0)));
     // The active cluster 0 now has its own copy: zero its refcount.
-    let host = rd64(&img, l2_of(&img, 0)) & 0x00ff_ffff_ffff_fe00;
+    let host = entry::standard_offset(rd64(&img, l2_of(&img, 0)));
     let block = rd64(&img, rd64(&img, 48));
     patch(&img, block + 2 * (host >> 16), &0u16.to_be_bytes());
     assert_eq!(check_code(&img), (Some(2), Some(2)));
@@ -434,7 +432,7 @@ fn huge_tables_are_refused_or_walked_within_bounds() {
         let e = if i < 2 {
             rd64(&img, rd64(&img, 40) + 8 * i as u64)
         } else {
-            1 << 63 | empty_l2
+            entry::encode_l1(empty_l2)
         };
         l1[i * 8..i * 8 + 8].copy_from_slice(&e.to_be_bytes());
     }

@@ -70,6 +70,11 @@ pub fn subcluster_allocated(bitmap: u64, i: u64) -> bool {
     bitmap & (1 << i) != 0
 }
 
+/// An L2 entry that is a compressed-cluster descriptor.
+pub fn is_compressed(entry: u64) -> bool {
+    entry & L2_COMPRESSED != 0
+}
+
 /// First bit of the additional-sectors field of a compressed descriptor:
 /// `x = 62 - (cluster_bits - 8)`; the host offset is bits `0..x`.
 fn compressed_offset_bits(cluster_bits: u32) -> u32 {
@@ -187,7 +192,7 @@ pub fn decode_entry(
     cluster_bits: u32,
     version: u32,
 ) -> Result<ClusterMapping, EntryError> {
-    if entry & L2_COMPRESSED != 0 {
+    if is_compressed(entry) {
         let (offset, len) = compressed_layout(entry, cluster_bits);
         return Ok(ClusterMapping::Compressed { offset, len });
     }
@@ -264,6 +269,7 @@ mod tests {
                     assert!(l >= len && l < len + 512, "bits {bits} off {off} len {len}");
                     // Decoding then encoding gives the entry back.
                     assert_eq!(encode_compressed(o, l, bits), e);
+                    assert!(is_compressed(e));
                     assert_eq!(
                         decode_entry(e, None, bits, 3),
                         Ok(ClusterMapping::Compressed { offset: o, len: l })
