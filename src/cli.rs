@@ -50,7 +50,7 @@ pub enum Command {
     /// Print a shell completion script (bash, zsh, fish, elvish, powershell)
     Completions(commands::completions::CompletionsArgs),
     #[command(name = "__sandbox", hide = true)]
-    Sandbox(crate::guest::sandbox::SandboxArgs),
+    Sandbox(crate::commands::guest_args::SandboxArgs),
     #[command(name = "__man", hide = true)]
     Man(commands::man::ManArgs),
 }

@@ -9,11 +9,12 @@ use std::time::Instant;
 use crate::extent;
 use crate::fs::FsScan;
 use crate::image::qcow2::Compression;
-use crate::image::qcow2::writer::{Qcow2Writer, Qcow2WriterOptions, cluster_encoder};
-use crate::image::zst::{MAX_FRAME_BYTES, MAX_FRAMES, ZstWriter, frame_encoder};
+use crate::image::zst::{MAX_FRAME_BYTES, MAX_FRAMES};
 use crate::image::{self, ImageFormat};
 use crate::output::dest::Destination;
+use crate::output::qcow2::{Qcow2Writer, Qcow2WriterOptions, cluster_encoder};
 use crate::output::raw::{RawPositional, RawStreamWriter, RawWriter, Written};
+use crate::output::zst::{ZstWriter, frame_encoder};
 use crate::output::{OutputError, same_file};
 use crate::pipeline::{self, EncoderFactory, PipelineConfig, PipelineError, PipelineStats};
 use crate::progress::Transfer;
@@ -287,7 +288,7 @@ fn validate(req: &ConvertRequest) -> anyhow::Result<()> {
 fn check_size_limits(req: &ConvertRequest, vsize: u64) -> anyhow::Result<()> {
     match req.output_format {
         ImageFormat::Qcow2 => {
-            crate::image::qcow2::writer::check_limits(vsize, req.cluster_size)?;
+            crate::output::qcow2::check_limits(vsize, req.cluster_size)?;
         }
         ImageFormat::Zst => {
             let frames = vsize.div_ceil(req.frame_size);

@@ -3,12 +3,12 @@
 //! level 6 for qcow2 zlib clusters, zstd level 3), and the ratio scales to
 //! the whole. Used by `vmfinal analyze`.
 //!
-//! Not here: the writers themselves (`image::qcow2::writer`, `image::zst`).
+//! Not here: the writers themselves (`output::qcow2`, `output::zst`).
 
+use crate::bytes::is_zero;
 use crate::extent::{self, Extent};
 use crate::image::BlockSource;
 use crate::image::qcow2::deflate::RawDeflate;
-use crate::pipeline::is_zero;
 
 /// Data sampled for the size estimates, and the sample unit.
 const SAMPLE_BYTES: u64 = 64 << 20;

@@ -49,7 +49,7 @@ fn main() {
             Command::Profiles(a) => commands::profiles::run(a),
             Command::Cleanup(a) => commands::cleanup::run(a),
             Command::Completions(a) => commands::completions::run(a, &Cli::command()),
-            Command::Sandbox(a) => vmfinal::guest::sandbox::init(a),
+            Command::Sandbox(a) => commands::guest_args::sandbox(a),
             Command::Man(a) => commands::man::run(a, Cli::command()),
         });
     match result {

@@ -201,17 +201,8 @@ impl Iterator for Planner<'_> {
     }
 }
 
-/// True if every byte is zero.
-pub fn is_zero(buf: &[u8]) -> bool {
-    // SAFETY: any bit pattern is a valid u64; align_to only reinterprets.
-    let (pre, mid, post) = unsafe { buf.align_to::<u64>() };
-    if !pre.iter().all(|&b| b == 0) || !post.iter().all(|&b| b == 0) {
-        return false;
-    }
-    // OR 32 words at a time: vectorizes, and exits early on data.
-    mid.chunks(32)
-        .all(|c| c.iter().fold(0u64, |acc, &w| acc | w) == 0)
-}
+/// Re-exported for the callers written against this path (`view`).
+pub use crate::bytes::is_zero;
 
 /// Runs the conversion. `extents` are the guest ranges to read (normalized);
 /// everything else is treated as zeros.

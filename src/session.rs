@@ -18,38 +18,29 @@ use crate::profile::{Profile, Registry};
 use crate::reclaim::{self, ReclaimMode, ReclaimResult};
 use crate::report::human_bytes;
 
-/// Options for the guest stage, shared by `clean` and `finalize`.
-#[derive(Debug, Clone, clap::Args)]
-pub struct GuestArgs {
-    /// Profiles to run: defaults, all, none, NAME, +NAME, -NAME (comma-separated, left to right)
-    #[arg(long, default_value = "defaults", value_name = "LIST")]
+/// Options for the guest stage, shared by `clean`, `finalize` and
+/// `analyze --guest`. (Their command-line spelling: `commands::guest_args`.)
+#[derive(Debug, Clone)]
+pub struct GuestOptions {
+    /// Profile selection: defaults, all, none, NAME, +NAME, -NAME.
     pub profiles: String,
-    /// Also run this profile file (repeatable)
-    #[arg(long = "profile-file", value_name = "FILE")]
+    /// Profile files to run too.
     pub profile_files: Vec<PathBuf>,
-    /// Add the profiles in this directory (*.yaml), selectable by name (repeatable)
-    #[arg(long = "profile-dir", value_name = "DIR")]
+    /// Directories of profiles (*.yaml), selectable by name.
     pub profile_dirs: Vec<PathBuf>,
-    /// Set a profile variable, e.g. kernels.keep=2 or locales.keep=C,en* (repeatable)
-    #[arg(long = "set", value_name = "PROFILE.VAR=VALUE")]
+    /// Profile variables, `PROFILE.VAR=VALUE`.
     pub sets: Vec<String>,
-    /// List what would be removed and how many bytes it frees; change nothing
-    #[arg(long)]
+    /// Plan and report only; change nothing.
     pub dry_run: bool,
-    /// Allow profiles' `run` steps (commands chrooted in the guest)
-    #[arg(long)]
+    /// Allow profiles' `run` steps.
     pub allow_run: bool,
-    /// Free-space reclaim after cleaning. auto: discard, else zero-fill; in
-    /// finalize only where compaction cannot map free space itself (btrfs, vfat)
-    #[arg(long, value_enum, default_value = "auto")]
+    /// Free-space reclaim after cleaning.
     pub reclaim: ReclaimMode,
-    /// Go on when a filesystem the guest's fstab mounts (without nofail or
-    /// noauto) cannot be mounted here, cleaning without it (else an error)
-    #[arg(long)]
+    /// Clean without an fstab filesystem that cannot be mounted here.
     pub skip_unmountable: bool,
 }
 
-impl GuestArgs {
+impl GuestOptions {
     /// Loads and selects the profiles (errors before any work starts).
     pub fn selected(&self) -> anyhow::Result<Vec<Profile>> {
         let mut r = Registry::builtin();
@@ -155,10 +146,12 @@ impl Drop for MountDir {
 pub fn run_guest(
     image: &Path,
     profiles: &[Profile],
-    args: &GuestArgs,
+    args: impl Into<GuestOptions>,
     state: &mut State,
     compaction_follows: bool,
 ) -> anyhow::Result<GuestReport> {
+    let args: GuestOptions = args.into();
+    let args = &args;
     let mut stages = BTreeMap::new();
     let st = crate::progress::stage("mount");
     let t = Instant::now();

@@ -18,11 +18,14 @@
 //! stdout too.
 //!
 //! Not here: the formats themselves (`image`), stdout (`output::dest`).
+//!
+//! Crates: the unnamed file is `tempfile::tempfile_in` (O_TMPFILE, with its
+//! own fallback); no raw libc call is left here.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{BufReader, Read};
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail};
@@ -220,7 +223,7 @@ fn probe(head: &[u8]) -> ImageFormat {
 fn stdin_err(e: std::io::Error, dir: &Path) -> anyhow::Error {
     match e.kind() {
         std::io::ErrorKind::Interrupted => PipelineError::Interrupted.into(),
-        _ if e.raw_os_error() == Some(libc::ENOSPC) => anyhow!(
+        std::io::ErrorKind::StorageFull => anyhow!(
             "{}: no space left for the copy of stdin (the stream's non-zero data must fit there; set TMPDIR, or write OUT elsewhere)",
             dir.display()
         ),
@@ -232,39 +235,16 @@ fn proc_path(f: &File) -> PathBuf {
     PathBuf::from(format!("/proc/self/fd/{}", f.as_raw_fd()))
 }
 
-/// A file with no name in `dir` (`O_TMPFILE`); where the filesystem lacks
-/// it, a named file unlinked at once.
+/// A file with no name in `dir`: `tempfile` opens it with `O_TMPFILE` and,
+/// where the filesystem lacks that, creates a named file (mode 0600) and
+/// unlinks it at once.
 fn unnamed_file(dir: &Path) -> anyhow::Result<File> {
-    let open = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .custom_flags(libc::O_TMPFILE)
-        .mode(0o600)
-        .open(dir);
-    match open {
-        Ok(f) => Ok(f),
-        Err(e)
-            if matches!(
-                e.raw_os_error(),
-                Some(libc::EOPNOTSUPP) | Some(libc::EISDIR)
-            ) =>
-        {
-            let p = dir.join(format!(".vmfinal-stdin-{}.tmp", std::process::id()));
-            let f = OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(&p)
-                .map_err(|e| anyhow!("cannot create a temporary file in {}: {e}", dir.display()))?;
-            let _ = std::fs::remove_file(&p);
-            Ok(f)
-        }
-        Err(e) => bail!(
+    tempfile::tempfile_in(dir).map_err(|e| {
+        anyhow!(
             "cannot create a temporary file in {} for stdin: {e}",
             dir.display()
-        ),
-    }
+        )
+    })
 }
 
 /// Reads until `buf` holds `limit` bytes (the reader's `take`) or the end.
@@ -314,14 +294,14 @@ fn copy_sparse(r: &mut dyn Read, f: &File, st: &crate::progress::Stage) -> std::
         let mut i = 0;
         while i < n {
             let end = (i + BLOCK).min(n);
-            if crate::pipeline::is_zero(&data[i..end]) {
+            if crate::bytes::is_zero(&data[i..end]) {
                 i = end;
                 continue;
             }
             let mut j = end;
             while j < n {
                 let e = (j + BLOCK).min(n);
-                if crate::pipeline::is_zero(&data[j..e]) {
+                if crate::bytes::is_zero(&data[j..e]) {
                     break;
                 }
                 j = e;

@@ -200,19 +200,8 @@ fn enospc_on_the_workspace_points_to_tmp() {
         return;
     }
     let d = tempfile::tempdir().unwrap();
-    let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let guest = d.path().join("guest.raw");
-    ok(Command::new(repo.join("scripts/make-guest-image.sh"))
-        .arg(repo.join("vm-fixtures/debian-mini/tree.txt"))
-        .arg(&guest));
     // A qcow2 input: the workspace is a decompressed copy (--workspace copy).
-    let q = d.path().join("guest.qcow2");
-    ok(vmfinal()
-        .args(["compact", "-q"])
-        .arg(&guest)
-        .arg("-o")
-        .arg(&q));
-    std::fs::remove_file(&guest).unwrap();
+    let q = mini_guest_qcow2(d.path());
     let sum = sha256(&q);
     let tiny = Tiny::new(d.path(), "ws", 4);
     let out = d.path().join("golden.qcow2");
@@ -340,18 +329,7 @@ fn enospc_on_the_overlay_points_to_tmp() {
         return;
     }
     let d = tempfile::tempdir().unwrap();
-    let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let guest = d.path().join("guest.raw");
-    ok(Command::new(repo.join("scripts/make-guest-image.sh"))
-        .arg(repo.join("vm-fixtures/debian-mini/tree.txt"))
-        .arg(&guest));
-    let q = d.path().join("guest.qcow2");
-    ok(vmfinal()
-        .args(["compact", "-q"])
-        .arg(&guest)
-        .arg("-o")
-        .arg(&q));
-    std::fs::remove_file(&guest).unwrap();
+    let q = mini_guest_qcow2(d.path());
     let sum = sha256(&q);
     let tiny = d.path().join("tiny");
     std::fs::create_dir(&tiny).unwrap();

@@ -12,49 +12,26 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
-}
-
 /// Builds the fixtures once per test binary; None (skip) only outside CI.
-/// Statics are never dropped, so the directory is removed by an exit hook.
 fn fixtures() -> Option<&'static Path> {
     static DIR: OnceLock<Option<PathBuf>> = OnceLock::new();
-    extern "C" fn remove_fixtures() {
-        if let Some(Some(d)) = DIR.get() {
-            let _ = std::fs::remove_dir_all(d);
-        }
-    }
-    DIR.get_or_init(|| {
-        if !is_root() {
-            assert!(!in_ci(), "CI must run the filesystem tests as root");
-            return None;
-        }
-        for t in [
-            "mkfs.ext4",
-            "mkfs.xfs",
-            "losetup",
-            "sfdisk",
-            "rsync",
-            "setfattr",
-            "python3",
-            "qemu-img",
-        ] {
-            assert!(have(t), "{t} is missing");
-        }
-        let d = tempfile::Builder::new()
-            .prefix("vmfinal-fs")
-            .tempdir_in("/var/tmp")
-            .unwrap()
-            .keep();
-        // SAFETY: registers a plain extern "C" fn with no captured state.
-        unsafe { libc::atexit(remove_fixtures) };
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/make-fs-fixtures.sh");
-        ok(Command::new("bash").arg(script).arg(&d));
-        Some(d)
-    })
-    .as_deref()
+    let tools = [
+        "mkfs.ext4",
+        "mkfs.xfs",
+        "losetup",
+        "sfdisk",
+        "rsync",
+        "setfattr",
+        "python3",
+        "qemu-img",
+    ];
+    fixture_dir(
+        &DIR,
+        "vmfinal-fs",
+        "make-fs-fixtures.sh",
+        &tools,
+        "filesystem",
+    )
 }
 
 /// A read-only mount; unmounted on drop.

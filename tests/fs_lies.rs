@@ -24,11 +24,6 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
-}
-
 /// The vmfinal under test.
 fn bin() -> Command {
     match std::env::var_os("VMFINAL_LIES_BIN") {
@@ -40,47 +35,30 @@ fn bin() -> Command {
 /// Builds the lies once per test binary; None (skip) only outside CI.
 fn lies() -> Option<&'static Path> {
     static DIR: OnceLock<Option<PathBuf>> = OnceLock::new();
-    extern "C" fn remove_lies() {
-        if let Some(Some(d)) = DIR.get() {
-            let _ = std::fs::remove_dir_all(d);
-        }
-    }
-    DIR.get_or_init(|| {
-        if !is_root() {
-            assert!(!in_ci(), "CI must run the filesystem tests as root");
-            return None;
-        }
-        for t in [
-            "mkfs.ext4",
-            "mkfs.xfs",
-            "mkfs.btrfs",
-            "btrfs",
-            "debugfs",
-            "xfs_db",
-            "xfs_repair",
-            "e2fsck",
-            "mkswap",
-            "losetup",
-            "sfdisk",
-            "rsync",
-            "setfattr",
-            "python3",
-            "qemu-img",
-        ] {
-            assert!(have(t), "{t} is missing");
-        }
-        let d = tempfile::Builder::new()
-            .prefix("vmfinal-lies")
-            .tempdir_in("/var/tmp")
-            .unwrap()
-            .keep();
-        // SAFETY: registers a plain extern "C" fn with no captured state.
-        unsafe { libc::atexit(remove_lies) };
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/make-fs-lies.sh");
-        ok(Command::new("bash").arg(script).arg(&d));
-        Some(d)
-    })
-    .as_deref()
+    let tools = [
+        "mkfs.ext4",
+        "mkfs.xfs",
+        "mkfs.btrfs",
+        "btrfs",
+        "debugfs",
+        "xfs_db",
+        "xfs_repair",
+        "e2fsck",
+        "mkswap",
+        "losetup",
+        "sfdisk",
+        "rsync",
+        "setfattr",
+        "python3",
+        "qemu-img",
+    ];
+    fixture_dir(
+        &DIR,
+        "vmfinal-lies",
+        "make-fs-lies.sh",
+        &tools,
+        "filesystem",
+    )
 }
 
 /// One filesystem of a lie image, from NAME.layout.

@@ -8,6 +8,7 @@ use common::*;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use vmfinal::image::qcow2::entry;
 
 fn be64(b: &[u8], at: usize) -> u64 {
     u64::from_be_bytes(b[at..at + 8].try_into().unwrap())
@@ -26,7 +27,7 @@ fn first_l2_entry(path: &Path) -> (u64, u64, u64, u64) {
 fn first_l2_entry_where(path: &Path, pick: impl Fn(u64) -> bool) -> (u64, u64, u64, u64) {
     let b = std::fs::read(path).unwrap();
     let l1 = be64(&b, 40);
-    let l2 = be64(&b, l1 as usize) & 0x00ff_ffff_ffff_fe00;
+    let l2 = entry::l1_offset(be64(&b, l1 as usize));
     for i in 0..8192u64 {
         let e = be64(&b, (l2 + i * 8) as usize);
         if e != 0 && pick(e) {
@@ -167,7 +168,7 @@ fn l2_entry_past_eof_is_refused() {
 fn compressed_offset_past_eof_is_refused() {
     let d = tempfile::tempdir().unwrap();
     let img = compressed(d.path(), "c.qcow2");
-    let (_, l2, i, e) = first_l2_entry_where(&img, |e| e & (1 << 62) != 0);
+    let (_, l2, i, e) = first_l2_entry_where(&img, entry::is_compressed);
     // 64K clusters: host offset in bits 0..54.
     let patched = (e & !((1u64 << 54) - 1)) | (1u64 << 45);
     patch(&img, l2 + i * 8, &patched.to_be_bytes());

@@ -8,7 +8,6 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
@@ -100,32 +99,6 @@ fn no_leftovers(dir: &Path) {
             e.path().display()
         );
     }
-}
-
-/// Waits until the child prints `vmfinal: paused at STAGE`; returns what it printed.
-fn wait_for_pause(child: &mut std::process::Child, stage: &str) -> Vec<String> {
-    let err = child.stderr.take().expect("stderr piped");
-    let mut lines = Vec::new();
-    let mut r = BufReader::new(err);
-    loop {
-        let mut l = String::new();
-        if r.read_line(&mut l).unwrap_or(0) == 0 {
-            panic!("vmfinal ended before pausing at {stage}: {lines:?}");
-        }
-        let done = l.contains(&format!("paused at {stage}"));
-        lines.push(l);
-        if done {
-            break;
-        }
-    }
-    // Keep draining so the child never blocks on a full pipe.
-    std::thread::spawn(move || {
-        let mut sink = String::new();
-        while r.read_line(&mut sink).unwrap_or(0) > 0 {
-            sink.clear();
-        }
-    });
-    lines
 }
 
 #[test]
@@ -279,13 +252,7 @@ fn a_workspace_changed_after_cleaning_gives_no_artifact() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let err = child.stderr.take().unwrap();
-    let mut r = BufReader::new(err);
-    let mut l = String::new();
-    while !l.contains("paused at compact") {
-        l.clear();
-        assert!(r.read_line(&mut l).unwrap() > 0, "ended before the pause");
-    }
+    let (_, mut r) = paused_at(&mut child, "compact");
     let ws: PathBuf = std::fs::read_dir(d.path())
         .unwrap()
         .flatten()

@@ -301,17 +301,7 @@ fn stdin_that_is_no_stream_image_is_refused() {
 fn a_reader_that_goes_away_ends_the_run_cleanly() {
     let (d, t) = setup();
     let dir = d.path();
-    let mut child = vmfinal()
-        .current_dir(dir)
-        .env("TMPDIR", t.path())
-        .args(["compact", "-q", "-O", "raw", "in.raw", "-o", "-"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut out = child.stdout.take().unwrap();
-    let mut first = [0u8; 4096];
-    out.read_exact(&mut first).unwrap();
+    let (child, out) = started_raw_stream(dir, t.path());
     drop(out);
     let o = child.wait_with_output().unwrap();
     let e = assert_clean_failure(&o);
@@ -323,17 +313,7 @@ fn a_reader_that_goes_away_ends_the_run_cleanly() {
 fn interrupted_stream_says_it_is_incomplete() {
     let (d, t) = setup();
     let dir = d.path();
-    let mut child = vmfinal()
-        .current_dir(dir)
-        .env("TMPDIR", t.path())
-        .args(["compact", "-q", "-O", "raw", "in.raw", "-o", "-"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut out = child.stdout.take().unwrap();
-    let mut first = [0u8; 4096];
-    out.read_exact(&mut first).unwrap();
+    let (child, mut out) = started_raw_stream(dir, t.path());
     // SAFETY: signalling our own child.
     unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
     let mut rest = Vec::new();

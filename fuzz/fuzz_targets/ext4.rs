@@ -1,22 +1,10 @@
 //! The ext4 probe and free-space map over a whole-disk filesystem.
 #![no_main]
 
-use libfuzzer_sys::fuzz_target;
-use vmfinal::fs::{Region, ext4};
-use vmfinal::image::mem::MemDisk;
+#[path = "../common/fs_probe.rs"]
+mod fs_probe;
 
-fuzz_target!(|data: &[u8]| {
-    let disk = MemDisk(data.to_vec());
-    let r = Region {
-        src: &disk,
-        start: 0,
-        len: data.len() as u64,
-    };
-    if ext4::detect(&r) {
-        if let Ok(f) = ext4::free_space(&r) {
-            for e in &f.free {
-                assert!(e.start.checked_add(e.len).is_some_and(|end| end <= data.len() as u64));
-            }
-        }
-    }
-});
+use libfuzzer_sys::fuzz_target;
+use vmfinal::fs::ext4;
+
+fuzz_target!(|data: &[u8]| fs_probe::run(data, ext4::detect, ext4::free_space));

@@ -12,7 +12,7 @@ use crate::inspect::{self, Inspection};
 use crate::pipeline::is_zero;
 use crate::profile::Profile;
 use crate::report::human_bytes;
-use crate::session::{self, GuestArgs};
+use crate::session::{self, GuestOptions};
 
 /// Granularity of the free-but-not-zero count.
 const BLOCK: usize = 4096;
@@ -325,8 +325,8 @@ impl AnalyzeArgs {
         v
     }
 
-    fn guest_args(&self) -> GuestArgs {
-        GuestArgs {
+    fn guest_args(&self) -> GuestOptions {
+        GuestOptions {
             profiles: self.profiles.clone().unwrap_or_else(|| "defaults".into()),
             profile_files: self.profile_files.clone(),
             profile_dirs: self.profile_dirs.clone(),

@@ -4,8 +4,9 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
+use crate::commands::guest_args::GuestArgs;
 use crate::image::{self, ImageFormat};
-use crate::session::{self, GuestArgs};
+use crate::session;
 
 #[derive(Debug, clap::Args)]
 pub struct CleanArgs {

@@ -15,9 +15,10 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::compact::OutputArgs;
+use crate::commands::guest_args::GuestArgs;
 use crate::convert::{self, ConvertRequest};
 use crate::image::{self, ImageFormat};
-use crate::session::{self, GuestArgs};
+use crate::session;
 
 #[derive(Debug, clap::Args)]
 pub struct FinalizeArgs {

@@ -9,6 +9,7 @@ pub mod compact;
 pub mod completions;
 pub mod expand;
 pub mod finalize;
+pub mod guest_args;
 pub mod info;
 pub mod man;
 pub mod output_args;

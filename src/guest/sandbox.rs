@@ -207,13 +207,14 @@ impl Sandbox for GuestSandbox {
     }
 }
 
-#[derive(Debug, clap::Args)]
-pub struct SandboxArgs {
+/// What `vmfinal __sandbox` runs: the guest root, the block devices to
+/// offer and the command. (Its command-line spelling:
+/// `commands::guest_args::SandboxArgs`.)
+#[derive(Debug, Clone)]
+pub struct SandboxRequest {
     pub root: PathBuf,
-    /// PATH:MAJOR:MINOR:UUID of a (read-only) block device to offer
-    #[arg(long = "dev")]
+    /// `PATH:MAJOR:MINOR:UUID` of a (read-only) block device to offer.
     pub devs: Vec<String>,
-    #[arg(last = true, required = true)]
     pub argv: Vec<String>,
 }
 
@@ -268,7 +269,7 @@ fn harden() -> io::Result<()> {
 /// Inside the namespaces (PID 1 of the new PID namespace): set up the
 /// guest's /proc, /sys, /dev, /run, /tmp, chroot, drop privileges, run the
 /// command as a child and reap until it ends. Returns its exit code.
-pub fn init(a: &SandboxArgs) -> anyhow::Result<i32> {
+pub fn init(a: &SandboxRequest) -> anyhow::Result<i32> {
     let devs = a
         .devs
         .iter()

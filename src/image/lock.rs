@@ -7,6 +7,10 @@
 //! writing, and vmfinal refuses a disk a running VM is using.
 //!
 //! Not here: which commands lock what (the callers decide).
+//!
+//! Raw `libc::fcntl` rather than rustix: rustix's `fcntl_lock` takes and
+//! tests whole-file locks only, and QEMU's protocol is byte ranges with
+//! `F_OFD_GETLK`/`F_OFD_SETLK`.
 
 use std::fs::File;
 use std::os::fd::AsRawFd;

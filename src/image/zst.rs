@@ -1,4 +1,4 @@
-//! `.zst` artifacts in the zstd seekable format: one independent zstd frame
+//! Reading `.zst` artifacts in the zstd seekable format: one independent zstd frame
 //! per guest chunk (with content size and checksum), then a seek table in a
 //! skippable frame. Plain `zstd -d` decompresses the whole file; vmfinal reads
 //! it back frame by frame, in parallel, and produces exactly the bytes
@@ -19,6 +19,9 @@
 //! anything, then read frames in parallel through any `BlockSource`. The
 //! format itself is the few lines of layout above; the compression is the
 //! `zstd` crate.
+//!
+//! The writer is `output::zst`; the layout both use is here
+//! (`encode_seek_table` beside `parse_seek_table`, the limits).
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -28,7 +31,6 @@ use crate::bytes::le32;
 use crate::extent::{self, Extent};
 use crate::image::host::{HostFile, OsFile};
 use crate::image::{BlockSource, ImageError, ImageFormat, MAX_VIRTUAL_SIZE, Result, io_err};
-use crate::pipeline::{JobOut, PipelineError, Sink, UnitEncoder, UnitOut};
 
 const FRAME_MAGIC: u32 = 0xFD2F_B528;
 const SKIPPABLE_MAGIC: u32 = 0x184D_2A5E;
@@ -42,7 +44,6 @@ const DESCRIPTOR_RESERVED: u8 = 0x7C;
 /// Frames whose compressed size is at most this are checked for all-zero
 /// content when listing data extents (zero frames are a few hundred bytes).
 const SMALL_FRAME: u32 = 4096;
-const WRITE_BUFFER: usize = 8 << 20;
 /// Largest frame (decompressed) vmfinal writes or reads.
 pub const MAX_FRAME_BYTES: u64 = 64 << 20;
 /// Largest compressed frame vmfinal reads: zstd's bound for a maximal frame.
@@ -438,7 +439,7 @@ impl BlockSource for ZstImage {
                 if zero_frames.get(&c) == Some(&f.dsize) {
                     continue;
                 }
-                if crate::pipeline::is_zero(&self.frame_bytes(i)?) {
+                if crate::bytes::is_zero(&self.frame_bytes(i)?) {
                     if zero_frames.len() < 64 {
                         zero_frames.insert(c, f.dsize);
                     }
@@ -518,157 +519,6 @@ pub fn verify(img: &ZstImage) -> Result<String> {
         "{n} frames, {} bytes of guest data: seek table and frame sizes verified, {frames}, {table}",
         img.size
     ))
-}
-
-/// Writes frames in guest order and the seek table at the end, strictly in
-/// order (so the same writer serves a file and a stream on stdout).
-pub struct ZstWriter {
-    out: Box<dyn std::io::Write>,
-    path: PathBuf,
-    frame_size: u64,
-    level: i32,
-    buf: Vec<u8>,
-    pos: u64,
-    frames: Vec<(u32, u32)>,
-    /// Compressed all-zero frames by length: each is compressed once.
-    zero_frames: HashMap<u64, Vec<u8>>,
-    /// The output file (not a stream), for early writeback.
-    file: Option<std::fs::File>,
-}
-
-impl ZstWriter {
-    pub fn new(
-        out: Box<dyn std::io::Write>,
-        path: PathBuf,
-        _virtual_size: u64,
-        frame_size: u64,
-        level: i32,
-    ) -> Result<Self, PipelineError> {
-        Ok(Self {
-            out,
-            path,
-            frame_size,
-            level,
-            buf: Vec::with_capacity(WRITE_BUFFER * 2),
-            pos: 0,
-            frames: Vec::new(),
-            zero_frames: HashMap::new(),
-            file: None,
-        })
-    }
-
-    /// The output as a file: what is written is sent to disk as it goes.
-    pub fn set_writeback(&mut self, file: std::fs::File) {
-        self.file = Some(file);
-    }
-
-    fn werr(&self, source: std::io::Error) -> PipelineError {
-        PipelineError::Write {
-            path: self.path.clone(),
-            source,
-        }
-    }
-
-    fn push_frame(&mut self, frame: &[u8], dsize: u64) -> Result<(), PipelineError> {
-        self.buf.extend_from_slice(frame);
-        self.frames.push((frame.len() as u32, dsize as u32));
-        if self.buf.len() >= WRITE_BUFFER {
-            self.flush()?;
-        }
-        Ok(())
-    }
-
-    fn push_zero_frame(&mut self, len: u64) -> Result<(), PipelineError> {
-        if !self.zero_frames.contains_key(&len) {
-            let mut enc = frame_encoder(self.level).map_err(PipelineError::Encode)?;
-            let frame = enc
-                .encode(&vec![0u8; len as usize])
-                .map_err(PipelineError::Encode)?
-                .unwrap_or_default();
-            self.zero_frames.insert(len, frame);
-        }
-        let frame = std::mem::take(self.zero_frames.get_mut(&len).expect("inserted above"));
-        let r = self.push_frame(&frame, len);
-        self.zero_frames.insert(len, frame);
-        r
-    }
-
-    fn flush(&mut self) -> Result<(), PipelineError> {
-        if !self.buf.is_empty() {
-            let r = self.out.write_all(&self.buf);
-            r.map_err(|e| self.werr(e))?;
-            if let Some(f) = &self.file {
-                crate::output::start_writeback(f, self.pos, self.buf.len() as u64);
-            }
-            self.pos += self.buf.len() as u64;
-            self.buf.clear();
-        }
-        Ok(())
-    }
-
-    /// Writes the seek table; returns the file's final length.
-    pub fn finish(mut self) -> Result<u64, PipelineError> {
-        let table = encode_seek_table(&self.frames);
-        self.buf.extend_from_slice(&table);
-        self.flush()?;
-        let r = self.out.flush();
-        r.map_err(|e| self.werr(e))?;
-        Ok(self.pos)
-    }
-}
-
-impl Sink for ZstWriter {
-    fn write_job(&mut self, job: JobOut) -> Result<(), PipelineError> {
-        let fs = self.frame_size;
-        if job.is_zero_job() {
-            let mut left = job.len;
-            while left > 0 {
-                let n = left.min(fs);
-                self.push_zero_frame(n)?;
-                left -= n;
-            }
-            return Ok(());
-        }
-        for (i, unit) in job.units.iter().enumerate() {
-            let len = job.unit_bytes(i, fs).len() as u64;
-            match unit {
-                UnitOut::Zero => self.push_zero_frame(len)?,
-                UnitOut::Compressed(frame) => self.push_frame(frame, len)?,
-                UnitOut::Plain => {
-                    // The frame encoder always returns a frame; be safe anyway.
-                    let data = job.unit_bytes(i, fs).to_vec();
-                    let mut enc = frame_encoder(self.level).map_err(PipelineError::Encode)?;
-                    let frame = enc
-                        .encode(&data)
-                        .map_err(PipelineError::Encode)?
-                        .unwrap_or_default();
-                    self.push_frame(&frame, len)?;
-                }
-            }
-        }
-        Ok(())
-    }
-}
-
-struct FrameEncoder {
-    c: zstd::bulk::Compressor<'static>,
-}
-
-impl UnitEncoder for FrameEncoder {
-    fn encode(&mut self, unit: &[u8]) -> std::io::Result<Option<Vec<u8>>> {
-        let mut out = Vec::with_capacity(zstd::zstd_safe::compress_bound(unit.len()));
-        self.c.compress_to_buffer(unit, &mut out)?;
-        Ok(Some(out))
-    }
-}
-
-/// One frame encoder: a zstd frame with content size and checksum, so that
-/// `zstd -t` verifies every frame.
-pub fn frame_encoder(level: i32) -> std::io::Result<Box<dyn UnitEncoder>> {
-    let mut c = zstd::bulk::Compressor::new(level)?;
-    c.include_checksum(true)?;
-    c.include_contentsize(true)?;
-    Ok(Box::new(FrameEncoder { c }))
 }
 
 #[cfg(test)]

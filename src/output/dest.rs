@@ -4,7 +4,7 @@
 //! back: after an error or Ctrl-C the reader has an incomplete stream and
 //! vmfinal's exit code says so (use `set -o pipefail`).
 //!
-//! Not here: the format writers (`image::qcow2::writer`, `image::zst`,
+//! Not here: the format writers (`output::qcow2`, `output::zst`,
 //! `output::raw`).
 
 use std::fs::File;

@@ -1,14 +1,21 @@
 //! Writing outputs safely: every output is written under a temporary name in
 //! the target's directory and renamed over the final name only on success. A
-//! failure, a panic or Ctrl-C leaves no file under the final name.
+//! failure, a panic or Ctrl-C leaves no file under the final name. The
+//! temporary file is `tempfile`'s `NamedTempFile` under vmfinal's own name
+//! (`TempOutput`); a SIGKILL's leftovers are found by that name.
 //!
-//! The format writers live beside their readers (`image::qcow2::writer`,
-//! `image::zst`); the sparse raw writer is here.
+//! Every format writer is here, each a pipeline `Sink`: `qcow2` (with the
+//! cluster encoders), `zst` (seekable `.zst`) and `raw` (sparse file or
+//! stream). The readers are in `image/`; the on-disk layout both sides use
+//! (qcow2 header and entry encoding, the `.zst` seek table) lives with the
+//! readers, in `image::qcow2::format` and `image::zst`.
 
 pub mod dest;
+pub mod qcow2;
 pub mod raw;
+pub mod zst;
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::path::{Path, PathBuf};
 
 /// The name that means stdin (as input) or stdout (as output).
@@ -123,16 +130,22 @@ pub fn sweep_stale_temps(target: &Path) -> Vec<PathBuf> {
 }
 
 /// An output file under construction. Dropping it without `commit` removes it.
+///
+/// The file is a `tempfile::NamedTempFile` (created exclusively, removed on
+/// drop, renamed by `persist`) under the name vmfinal has always used,
+/// `temp_path_for(target)`: that name is what `register_temp` records for a
+/// cleanup after SIGKILL and what `sweep_stale_temps` recognises, so it is
+/// given (no random part, the PID makes it unique) rather than drawn.
 pub struct TempOutput {
-    tmp: PathBuf,
+    file: tempfile::NamedTempFile,
     target: PathBuf,
-    file: Option<File>,
 }
 
 impl TempOutput {
     /// Creates `.NAME.vmfinal-PID.tmp` beside `target`. Refuses an existing
     /// target unless `force`.
     pub fn create(target: &Path, force: bool) -> Result<Self, OutputError> {
+        use std::os::unix::fs::PermissionsExt;
         check_target(target, force)?;
         for p in sweep_stale_temps(target) {
             crate::text::note(&format!(
@@ -141,27 +154,30 @@ impl TempOutput {
             ));
         }
         let tmp = temp_path_for(target);
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .open(&tmp)
-            .map_err(|source| OutputError::Io {
-                path: target.to_owned(),
-                source,
-            })?;
+        let io = |source| OutputError::Io {
+            path: target.to_owned(),
+            source,
+        };
+        let (dir, name) = match (tmp.parent(), tmp.file_name()) {
+            (Some(d), Some(n)) => (d, n),
+            _ => return Err(io(std::io::Error::from(std::io::ErrorKind::InvalidInput))),
+        };
+        // Mode 0666 less the umask, as a plain create gives (tempfile's own
+        // default is 0600).
+        let file = tempfile::Builder::new()
+            .prefix(name)
+            .rand_bytes(0)
+            .permissions(std::fs::Permissions::from_mode(0o666))
+            .tempfile_in(dir)
+            .map_err(io)?;
         Ok(Self {
-            tmp,
+            file,
             target: target.to_owned(),
-            file: Some(file),
         })
     }
 
     pub fn file(&self) -> &File {
-        // The file is only taken by `commit`, which consumes self.
-        self.file
-            .as_ref()
-            .expect("TempOutput file present until commit")
+        self.file.as_file()
     }
 
     pub fn try_clone_file(&self) -> Result<File, OutputError> {
@@ -172,7 +188,7 @@ impl TempOutput {
     }
 
     pub fn tmp_path(&self) -> &Path {
-        &self.tmp
+        self.file.path()
     }
 
     pub fn target(&self) -> &Path {
@@ -180,37 +196,31 @@ impl TempOutput {
     }
 
     /// Flushes to disk and renames over the target.
-    pub fn commit(mut self) -> Result<(), OutputError> {
-        let file = self.file.take().expect("TempOutput committed once");
-        file.sync_all().map_err(|source| OutputError::Io {
-            path: self.target.clone(),
-            source,
-        })?;
+    pub fn commit(self) -> Result<(), OutputError> {
+        self.file
+            .as_file()
+            .sync_all()
+            .map_err(|source| OutputError::Io {
+                path: self.target.clone(),
+                source,
+            })?;
         // The name may have become something else meanwhile: never replace
         // a device node or a directory.
         check_target(&self.target, true)?;
-        drop(file);
-        std::fs::rename(&self.tmp, &self.target).map_err(|source| OutputError::Io {
-            path: self.target.clone(),
-            source,
+        let target = self.target;
+        self.file.persist(&target).map_err(|e| OutputError::Io {
+            path: target.clone(),
+            source: e.error,
         })?;
-        self.tmp = PathBuf::new();
         Ok(())
-    }
-}
-
-impl Drop for TempOutput {
-    fn drop(&mut self) {
-        if !self.tmp.as_os_str().is_empty() {
-            let _ = std::fs::remove_file(&self.tmp);
-        }
     }
 }
 
 /// Starts writing `[off, off+len)` of `file` back to disk without waiting
 /// (sync_file_range WRITE), so the fsync before the rename into place has
 /// little left to wait for. Errors (a pipe, a filesystem without it) are
-/// ignored: the final fsync still decides.
+/// ignored: the final fsync still decides. Raw libc: rustix has no
+/// sync_file_range.
 pub fn start_writeback(file: &File, off: u64, len: u64) {
     use std::os::fd::AsRawFd;
     // SAFETY: a plain syscall on an open descriptor; no memory arguments.

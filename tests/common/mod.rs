@@ -173,3 +173,141 @@ impl Drop for Loop {
         let _ = Command::new("losetup").arg("-d").arg(&self.0).status();
     }
 }
+
+/// True when the tests run as root.
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Directories `fixture_dir` made, removed by one exit hook (statics are
+/// never dropped).
+static FIXTURE_DIRS: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
+
+extern "C" fn remove_fixture_dirs() {
+    if let Ok(dirs) = FIXTURE_DIRS.lock() {
+        for d in dirs.iter() {
+            let _ = std::fs::remove_dir_all(d);
+        }
+    }
+}
+
+/// Builds fixtures once per test binary: `scripts/SCRIPT DIR` into a fresh
+/// directory under /var/tmp named PREFIX..., after checking that the tests
+/// run as root and that `tools` exist. `None` (skip) only outside CI; `what`
+/// names the tests in CI's error. The directory is removed at exit.
+pub fn fixture_dir(
+    cell: &'static std::sync::OnceLock<Option<PathBuf>>,
+    prefix: &str,
+    script: &str,
+    tools: &[&str],
+    what: &str,
+) -> Option<&'static Path> {
+    cell.get_or_init(|| {
+        if !is_root() {
+            assert!(!in_ci(), "CI must run the {what} tests as root");
+            return None;
+        }
+        for t in tools {
+            assert!(have(t), "{t} is missing");
+        }
+        let d = tempfile::Builder::new()
+            .prefix(prefix)
+            .tempdir_in("/var/tmp")
+            .unwrap()
+            .keep();
+        let mut dirs = FIXTURE_DIRS.lock().unwrap();
+        if dirs.is_empty() {
+            // SAFETY: registers a plain extern "C" fn with no captured state.
+            unsafe { libc::atexit(remove_fixture_dirs) };
+        }
+        dirs.push(d.clone());
+        drop(dirs);
+        let script = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("scripts")
+            .join(script);
+        ok(Command::new("bash").arg(script).arg(&d));
+        Some(d)
+    })
+    .as_deref()
+}
+
+/// Waits until a child started with `VMFINAL_TEST_PAUSE=STAGE` and a piped
+/// stderr prints `vmfinal: paused at STAGE`; returns what it printed and
+/// the rest of its stderr, to read after resuming.
+pub fn paused_at(
+    child: &mut std::process::Child,
+    stage: &str,
+) -> (Vec<String>, std::io::BufReader<std::process::ChildStderr>) {
+    use std::io::BufRead;
+    let err = child.stderr.take().expect("stderr piped");
+    let mut lines = Vec::new();
+    let mut r = std::io::BufReader::new(err);
+    loop {
+        let mut l = String::new();
+        if r.read_line(&mut l).unwrap_or(0) == 0 {
+            panic!("vmfinal ended before pausing at {stage}: {lines:?}");
+        }
+        let done = l.contains(&format!("paused at {stage}"));
+        lines.push(l);
+        if done {
+            return (lines, r);
+        }
+    }
+}
+
+/// `paused_at`, then stderr is drained so the child never blocks on a full
+/// pipe.
+pub fn wait_for_pause(child: &mut std::process::Child, stage: &str) -> Vec<String> {
+    use std::io::BufRead;
+    let (lines, mut r) = paused_at(child, stage);
+    std::thread::spawn(move || {
+        let mut sink = String::new();
+        while r.read_line(&mut sink).unwrap_or(0) > 0 {
+            sink.clear();
+        }
+    });
+    lines
+}
+
+/// A small Debian guest (vm-fixtures/debian-mini) as `DIR/guest.qcow2`,
+/// built by scripts/make-guest-image.sh (needs root) and compacted; the raw
+/// image is removed.
+pub fn mini_guest_qcow2(dir: &Path) -> PathBuf {
+    let repo = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let guest = dir.join("guest.raw");
+    ok(Command::new(repo.join("scripts/make-guest-image.sh"))
+        .arg(repo.join("vm-fixtures/debian-mini/tree.txt"))
+        .arg(&guest));
+    let q = dir.join("guest.qcow2");
+    ok(vmfinal()
+        .args(["compact", "-q"])
+        .arg(&guest)
+        .arg("-o")
+        .arg(&q));
+    std::fs::remove_file(&guest).unwrap();
+    q
+}
+
+/// `vmfinal compact -q -O raw in.raw -o -` in `dir` (TMPDIR `tmp`), its
+/// stdout and stderr piped, once the first 4 KiB of the stream arrived:
+/// the child and the rest of its stdout.
+pub fn started_raw_stream(
+    dir: &Path,
+    tmp: &Path,
+) -> (std::process::Child, std::process::ChildStdout) {
+    use std::io::Read;
+    use std::process::Stdio;
+    let mut child = vmfinal()
+        .current_dir(dir)
+        .env("TMPDIR", tmp)
+        .args(["compact", "-q", "-O", "raw", "in.raw", "-o", "-"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = child.stdout.take().unwrap();
+    let mut first = [0u8; 4096];
+    out.read_exact(&mut first).unwrap();
+    (child, out)
+}

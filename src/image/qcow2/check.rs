@@ -12,9 +12,12 @@
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
+use super::entry::{
+    ClusterMapping, EntryError, bitmap_table_offset, decode_entry, is_copied, l1_offset, l2_entry,
+    refcount_get, refcounts_per_block, reftable_offset, standard_offset,
+};
 use super::format::{
-    AUTOCLEAR_BITMAPS, ClusterMapping, ENTRY_OFFSET_MASK, EntryError, MAX_BITMAP_DIRECTORY_BYTES,
-    MAX_BITMAPS, MAX_L1_BYTES, REFTABLE_OFFSET_MASK, decode_entry, parse_bitmap_entry,
+    AUTOCLEAR_BITMAPS, MAX_BITMAP_DIRECTORY_BYTES, MAX_BITMAPS, MAX_L1_BYTES, parse_bitmap_entry,
     parse_snapshot_entry, table_entry,
 };
 use super::reader::Qcow2Image;
@@ -209,7 +212,7 @@ fn collect(img: &Qcow2Image, rep: &mut CheckReport) -> Result<Refs, ImageError> 
                 );
                 let raw = read_vec(img, l1.l1_table_offset, bytes, "snapshot L1 table")?;
                 let entries: Vec<u64> = (0..l1.l1_size as usize)
-                    .map(|i| table_entry(&raw, i) & ENTRY_OFFSET_MASK)
+                    .map(|i| l1_offset(table_entry(&raw, i)))
                     .collect();
                 note_l1(rep, &mut refs, &entries, &format!("snapshot {s} L1"));
             }
@@ -237,16 +240,12 @@ fn collect(img: &Qcow2Image, rep: &mut CheckReport) -> Result<Refs, ImageError> 
         let t = img.l2_table(off)?;
         let per = h.l2_entries() as usize;
         for i in 0..per {
-            let (entry, bitmap) = if h.extended_l2() {
-                (t[i * 2], Some(t[i * 2 + 1]))
-            } else {
-                (t[i], None)
-            };
+            let (entry, bitmap) = l2_entry(&t, i, h.extended_l2());
             let what =
                 |e: &dyn std::fmt::Display| format!("L2 table at offset {off}, entry {i}: {e}");
             match decode_entry(entry, bitmap, h.cluster_bits, h.version) {
                 Ok(ClusterMapping::Compressed { offset, len }) => {
-                    if entry & super::format::ENTRY_COPIED != 0 {
+                    if is_copied(entry) {
                         rep.corrupt(what(&"compressed cluster with the copied flag set"));
                     }
                     if bitmap.is_some_and(|b| b != 0) {
@@ -267,13 +266,13 @@ fn collect(img: &Qcow2Image, rep: &mut CheckReport) -> Result<Refs, ImageError> 
                 {
                     refs.add(rep, host, cs, uses, "data cluster");
                 }
-                Ok(ClusterMapping::Zero) if entry & ENTRY_OFFSET_MASK != 0 && data_here => {
-                    refs.add(rep, entry & ENTRY_OFFSET_MASK, cs, uses, "zero cluster");
+                Ok(ClusterMapping::Zero) if standard_offset(entry) != 0 && data_here => {
+                    refs.add(rep, standard_offset(entry), cs, uses, "zero cluster");
                 }
                 Ok(_) => {}
                 Err(EntryError::ZeroInV2) => {
                     rep.corrupt(what(&EntryError::ZeroInV2));
-                    let host = entry & ENTRY_OFFSET_MASK;
+                    let host = standard_offset(entry);
                     if host != 0 {
                         refs.add(rep, host, cs, uses, "data cluster");
                     }
@@ -319,7 +318,7 @@ fn collect(img: &Qcow2Image, rep: &mut CheckReport) -> Result<Refs, ImageError> 
                 refs.add(rep, t.offset, bytes, 1, &format!("bitmap {b} table"));
                 let raw = read_vec(img, t.offset, bytes, "bitmap table")?;
                 for i in 0..t.entries as usize {
-                    let off = table_entry(&raw, i) & ENTRY_OFFSET_MASK;
+                    let off = bitmap_table_offset(table_entry(&raw, i));
                     if off != 0 {
                         refs.add(rep, off, cs, 1, &format!("bitmap {b} data"));
                     }
@@ -348,13 +347,13 @@ fn compare(img: &Qcow2Image, mut refs: Refs, rep: &mut CheckReport) -> Result<()
     }
     let rt = read_vec(img, rt_off, rt_len, "refcount table")?;
     let bits = h.refcount_bits();
-    let per_block = cs * 8 / bits;
+    let per_block = refcounts_per_block(cs, bits);
     // Stored refcounts, in cluster order: (cluster, refcount) for non-zero ones.
     let mut stored: Vec<(u64, u64)> = Vec::new();
     let mut seen = HashSet::new();
     let mut block = vec![0u8; cs as usize];
     for b in 0..(rt_len / 8) as usize {
-        let off = table_entry(&rt, b) & REFTABLE_OFFSET_MASK;
+        let off = reftable_offset(table_entry(&rt, b));
         if off == 0 {
             continue;
         }
@@ -387,7 +386,7 @@ fn compare(img: &Qcow2Image, mut refs: Refs, rep: &mut CheckReport) -> Result<()
             }
             for k in 0..per_word {
                 let j = w as u64 * per_word + k;
-                let v = refcount_at(&block, j, bits);
+                let v = refcount_get(&block, j, bits);
                 if v != 0 {
                     stored.push((first + j, v));
                 }
@@ -428,36 +427,4 @@ fn compare(img: &Qcow2Image, mut refs: Refs, rep: &mut CheckReport) -> Result<()
         }
     }
     Ok(())
-}
-
-/// The `i`th refcount of `bits` width in a big-endian refcount block.
-fn refcount_at(block: &[u8], i: u64, bits: u64) -> u64 {
-    if bits >= 8 {
-        let w = (bits / 8) as usize;
-        let at = i as usize * w;
-        block[at..at + w]
-            .iter()
-            .fold(0u64, |acc, &b| (acc << 8) | b as u64)
-    } else {
-        let bit = i * bits;
-        let byte = block[(bit / 8) as usize];
-        // Sub-byte refcounts are stored from the least significant bit.
-        ((byte >> (bit % 8)) as u64) & ((1 << bits) - 1)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn refcount_widths() {
-        let b = [0x12u8, 0x34, 0x56, 0x78, 0x9a, 0xbc, 0xde, 0xf0];
-        assert_eq!(refcount_at(&b, 0, 16), 0x1234);
-        assert_eq!(refcount_at(&b, 1, 32), 0x9abc_def0);
-        assert_eq!(refcount_at(&b, 0, 64), 0x1234_5678_9abc_def0);
-        assert_eq!(refcount_at(&b, 1, 8), 0x34);
-        assert_eq!(refcount_at(&b, 1, 4), 0x1);
-        assert_eq!(refcount_at(&b, 0, 4), 0x2);
-    }
 }

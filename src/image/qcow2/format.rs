@@ -1,6 +1,7 @@
 //! qcow2 on-disk layout: header fields, feature bits, header extensions,
-//! L1/L2/refcount entry encoding and QEMU's size limits. Small pure
-//! functions over named constants; no I/O.
+//! snapshot and bitmap directories and QEMU's size limits. Small pure
+//! functions over named constants; no I/O. The table entries (L1, L2,
+//! compressed descriptors, refcounts) are `entry.rs`.
 
 use crate::bytes::{be16, be32, be64};
 use std::fmt;
@@ -24,21 +25,6 @@ pub const MAX_BITMAP_DIRECTORY_BYTES: u64 = 1024 * MAX_BITMAPS as u64;
 pub const MAX_BACKING_NAME: u64 = 1023;
 /// Host offsets are below 2^56.
 pub const MAX_HOST_OFFSET: u64 = (1 << 56) - 1;
-
-/// L1 and standard L2 entries: host offset bits 9..=55.
-pub const ENTRY_OFFSET_MASK: u64 = 0x00ff_ffff_ffff_fe00;
-/// L1/L2 bit 63: refcount is exactly one.
-pub const ENTRY_COPIED: u64 = 1 << 63;
-/// L2 bit 62: compressed cluster.
-pub const L2_COMPRESSED: u64 = 1 << 62;
-/// Standard L2 bit 0: the cluster reads as zeros (v3).
-pub const L2_ZERO: u64 = 1;
-/// Extended L2: subclusters per cluster.
-pub const SUBCLUSTERS: u64 = 32;
-/// Extended L2 bitmap: allocation bits 0..32, zero bits 32..64.
-pub const SUBCLUSTER_ALLOC_MASK: u64 = 0xffff_ffff;
-/// Reftable entries: refcount block offset bits 9..=63.
-pub const REFTABLE_OFFSET_MASK: u64 = 0xffff_ffff_ffff_fe00;
 
 /// Header extension types.
 pub const EXT_END: u32 = 0;
@@ -320,157 +306,9 @@ pub fn parse_bitmap_entry(b: &[u8]) -> Option<(usize, BitmapTable)> {
     (len <= b.len()).then_some((len, t))
 }
 
-/// Where a guest cluster's data lives: lookup, apart from I/O.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ClusterMapping {
-    /// Never written: reads as zeros (no backing file).
-    Unallocated,
-    /// Marked as reading zeros.
-    Zero,
-    /// Plain data at this host offset.
-    Standard(u64),
-    /// Compressed: `len` bytes at host byte `offset` hold the stream.
-    Compressed { offset: u64, len: u64 },
-    /// Extended L2: data at this host offset, per subcluster as the bitmap says.
-    Subclusters { host: u64, bitmap: u64 },
-}
-
-/// Why QEMU refuses to read an L2 entry.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum EntryError {
-    #[error("zero flag in a version 2 image")]
-    ZeroInV2,
-    #[error("host offset {0:#x} is not cluster aligned")]
-    Unaligned(u64),
-    #[error("a subcluster is marked both allocated and zero (bitmap {0:#018x})")]
-    AllocatedAndZero(u64),
-    #[error("allocated subclusters without a host cluster (bitmap {0:#018x})")]
-    AllocatedWithoutHost(u64),
-}
-
-/// Host byte offset and byte count of a compressed L2 entry:
-/// `x = 62 - (cluster_bits - 8)`, offset in bits `0..x`, additional sectors in
-/// bits `x..62`; the data runs `(sectors + 1) * 512 - (offset % 512)` bytes.
-pub fn compressed_layout(entry: u64, cluster_bits: u32) -> (u64, u64) {
-    let x = 62 - (cluster_bits - 8);
-    let offset = entry & ((1u64 << x) - 1);
-    let sectors = (entry >> x) & ((1u64 << (cluster_bits - 8)) - 1);
-    (offset, (sectors + 1) * 512 - (offset & 511))
-}
-
-/// Decodes an L2 entry (and for extended L2 its bitmap) as QEMU does
-/// (`qcow2_get_subcluster_type`), refusing what QEMU refuses to read.
-pub fn decode_entry(
-    entry: u64,
-    bitmap: Option<u64>,
-    cluster_bits: u32,
-    version: u32,
-) -> Result<ClusterMapping, EntryError> {
-    if entry & L2_COMPRESSED != 0 {
-        let (offset, len) = compressed_layout(entry & !L2_COMPRESSED, cluster_bits);
-        return Ok(ClusterMapping::Compressed { offset, len });
-    }
-    let host = entry & ENTRY_OFFSET_MASK;
-    if host & ((1u64 << cluster_bits) - 1) != 0 {
-        return Err(EntryError::Unaligned(host));
-    }
-    if let Some(bitmap) = bitmap {
-        let alloc = bitmap & SUBCLUSTER_ALLOC_MASK;
-        if host == 0 {
-            if alloc != 0 {
-                return Err(EntryError::AllocatedWithoutHost(bitmap));
-            }
-            return Ok(if bitmap == 0 {
-                ClusterMapping::Unallocated
-            } else {
-                ClusterMapping::Subclusters { host: 0, bitmap }
-            });
-        }
-        if (bitmap >> 32) & alloc != 0 {
-            return Err(EntryError::AllocatedAndZero(bitmap));
-        }
-        return Ok(ClusterMapping::Subclusters { host, bitmap });
-    }
-    if entry & L2_ZERO != 0 {
-        if version < 3 {
-            return Err(EntryError::ZeroInV2);
-        }
-        return Ok(ClusterMapping::Zero);
-    }
-    Ok(match host {
-        0 => ClusterMapping::Unallocated,
-        off => ClusterMapping::Standard(off),
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn decode_l2(e: u64, bits: u32, v: u32) -> ClusterMapping {
-        decode_entry(e, None, bits, v).unwrap()
-    }
-
-    #[test]
-    fn compressed_layout_matches_qemu_example() {
-        assert_eq!(
-            compressed_layout(0x4400_0000_0105_0000 & !L2_COMPRESSED, 16),
-            (0x105_0000, 8704)
-        );
-        assert!(matches!(
-            decode_l2(0x4400_0000_0105_0000, 16, 3),
-            ClusterMapping::Compressed {
-                offset: 0x105_0000,
-                len: 8704
-            }
-        ));
-    }
-
-    #[test]
-    fn l2_decoding() {
-        assert_eq!(decode_l2(0, 16, 3), ClusterMapping::Unallocated);
-        assert_eq!(decode_l2(1, 16, 3), ClusterMapping::Zero);
-        assert_eq!(
-            decode_l2(ENTRY_COPIED | 0x5_0000, 16, 3),
-            ClusterMapping::Standard(0x5_0000)
-        );
-        assert_eq!(
-            decode_l2(ENTRY_COPIED | 0x5_0001, 16, 3),
-            ClusterMapping::Zero
-        );
-        assert_eq!(
-            decode_entry(0x5_0001, None, 16, 2),
-            Err(EntryError::ZeroInV2)
-        );
-        assert_eq!(
-            decode_entry(0x5_0200, None, 16, 3),
-            Err(EntryError::Unaligned(0x5_0200))
-        );
-    }
-
-    #[test]
-    fn extended_l2_decoding_follows_qemu() {
-        let both = 1u64 | 1 << 32;
-        assert_eq!(
-            decode_entry(0x5_0000, Some(both), 16, 3),
-            Err(EntryError::AllocatedAndZero(both))
-        );
-        assert_eq!(
-            decode_entry(0, Some(1), 16, 3),
-            Err(EntryError::AllocatedWithoutHost(1))
-        );
-        assert_eq!(
-            decode_entry(0, Some(1 << 40), 16, 3),
-            Ok(ClusterMapping::Subclusters {
-                host: 0,
-                bitmap: 1 << 40
-            })
-        );
-        assert_eq!(
-            decode_entry(0, Some(0), 16, 3),
-            Ok(ClusterMapping::Unallocated)
-        );
-    }
 
     #[test]
     fn unsupported_features_are_named() {

@@ -1,7 +1,10 @@
-//! qcow2: our own strict reader, consistency checker and sequential
-//! compressed writer. The layout is QEMU's specification
-//! (`docs/interop/qcow2.txt` in the QEMU source); `format.rs` holds the
-//! header and table decodings as pure functions.
+//! qcow2: our own strict reader and consistency checker. The layout is
+//! QEMU's specification (`docs/interop/qcow2.txt` in the QEMU source);
+//! `format.rs` holds the header and directory decodings and `entry.rs` every
+//! table entry decoded and encoded side by side, as pure functions, which
+//! the writer (`output::qcow2`) encodes with too. `deflate.rs` is the tuned
+//! raw deflate the writer and `estimate` compress with (a codec: it reads and
+//! writes no file).
 //! Hand-written rather than a qcow2 crate: the one there was (qcow2-rs) is
 //! async only, writes no compressed clusters, has no zstd and returned
 //! success on a truncated image (docs/ARCHITECTURE.md, Decisions).
@@ -11,9 +14,9 @@
 
 pub mod check;
 pub mod deflate;
+pub mod entry;
 pub mod format;
 pub mod reader;
-pub mod writer;
 
 pub use reader::Qcow2Image;
 

@@ -16,10 +16,12 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+use super::entry::{
+    ClusterMapping, SUBCLUSTERS, decode_entry, l1_offset, l2_entry, subcluster_allocated,
+};
 use super::format::{
-    ClusterMapping, ENTRY_OFFSET_MASK, Extensions, Header, HeaderError, IncompatFeatures,
-    MAX_BACKING_NAME, MAX_L1_BYTES, MAX_REFTABLE_BYTES, MAX_SNAPSHOTS, SUBCLUSTERS, decode_entry,
-    parse_extensions, table_entry,
+    Extensions, Header, HeaderError, IncompatFeatures, MAX_BACKING_NAME, MAX_L1_BYTES,
+    MAX_REFTABLE_BYTES, MAX_SNAPSHOTS, parse_extensions, table_entry,
 };
 use crate::extent::{self, Extent};
 use crate::image::host::{HostFile, OsFile, in_hole};
@@ -250,7 +252,7 @@ impl Qcow2Image {
         host.read_exact_at(&mut raw, l1_off)
             .map_err(|e| io_err(path, e))?;
         let l1: Vec<u64> = (0..header.l1_size as usize)
-            .map(|i| table_entry(&raw, i) & ENTRY_OFFSET_MASK)
+            .map(|i| l1_offset(table_entry(&raw, i)))
             .collect();
         drop(raw);
         let mut active: Vec<(u64, usize)> = Vec::new();
@@ -411,11 +413,7 @@ impl Qcow2Image {
     /// Entry `i` of an L2 table, decoded and checked against the file.
     fn mapping_in(&self, t: &[u64], i: usize, gc: u64) -> Result<ClusterMapping> {
         let h = &self.header;
-        let (entry, bitmap) = if h.extended_l2() {
-            (t[i * 2], Some(t[i * 2 + 1]))
-        } else {
-            (t[i], None)
-        };
+        let (entry, bitmap) = l2_entry(t, i, h.extended_l2());
         let m = decode_entry(entry, bitmap, h.cluster_bits, h.version)
             .map_err(|e| self.corrupt(format!("guest cluster {gc}: {e}")))?;
         let cs = h.cluster_size();
@@ -473,7 +471,7 @@ impl Qcow2Image {
                     let i = pos / sc;
                     let n = ((i + 1) * sc - pos).min((out.len() - done) as u64) as usize;
                     let part = &mut out[done..done + n];
-                    if bitmap & (1 << i) != 0 {
+                    if subcluster_allocated(bitmap, i) {
                         self.read_plain(part, host + pos, &what())?;
                     } else {
                         part.fill(0);
@@ -613,7 +611,7 @@ impl BlockSource for Qcow2Image {
                     }
                     ClusterMapping::Subclusters { bitmap, .. } => {
                         for s in 0..SUBCLUSTERS {
-                            if bitmap & (1 << s) != 0 {
+                            if subcluster_allocated(bitmap, s) {
                                 push_merged(&mut out, Extent::new(start + s * sc, sc));
                             }
                         }

@@ -1,4 +1,7 @@
-//! Sequential compressed qcow2 v3 writer.
+//! Sequential compressed qcow2 v3 writer, and the cluster encoders the
+//! pipeline's workers run. The layout it writes (header fields, entry
+//! encoding, limits) is `image::qcow2::format`, which the reader and the
+//! checker read with; the tuned raw deflate is `image::qcow2::deflate`.
 //!
 //! Layout, in file order: the header cluster; packed compressed clusters (byte
 //! granular) with plain clusters cluster-aligned among them and each L2 table
@@ -13,34 +16,30 @@ use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 
-use super::Compression;
-use super::format::{ENTRY_COPIED, L2_COMPRESSED, QCOW2_MAGIC};
+use crate::image::qcow2::Compression;
+use crate::image::qcow2::deflate::RawDeflate;
+use crate::image::qcow2::entry::{
+    encode_compressed, encode_l1, encode_reftable, encode_standard, refcount_set,
+    refcounts_per_block,
+};
+use crate::image::qcow2::format::{self, QCOW2_MAGIC};
 use crate::pipeline::{JobOut, PipelineError, Sink, UnitEncoder, UnitOut};
 
 const VERSION: u32 = 3;
 const HEADER_LENGTH: u32 = 112;
 /// Incompatible feature bit 3: compression type in header byte 104.
-const INCOMPAT_COMPRESSION_TYPE: u64 = super::format::IncompatFeatures::COMPRESSION_TYPE;
+const INCOMPAT_COMPRESSION_TYPE: u64 = format::IncompatFeatures::COMPRESSION_TYPE;
 const COMPRESSION_TYPE_ZLIB: u8 = 0;
 const COMPRESSION_TYPE_ZSTD: u8 = 1;
 const SECTOR: u64 = 512;
 /// Write buffer size: large sequential writes, few syscalls.
 const WRITE_BUFFER: usize = 8 << 20;
 
-/// Compressed-cluster descriptor for `len` bytes at host byte `off`:
-/// offset in bits `0..x`, additional sectors in bits `x..62`, where
-/// `x = 62 - (cluster_bits - 8)`.
-pub fn compressed_descriptor(off: u64, len: u64, cluster_bits: u32) -> u64 {
-    let x = 62 - (cluster_bits - 8);
-    let extra_sectors = ((off + len - 1) / SECTOR) - (off / SECTOR);
-    L2_COMPRESSED | (extra_sectors << x) | off
-}
-
 /// Refcount blocks and refcount-table clusters needed so that every cluster of
 /// a file of `used` clusters plus the refcount structures themselves has a
 /// refcount slot: the smallest fixed point.
 pub fn refcount_layout(used: u64, cluster_size: u64, refcount_bits: u64) -> (u64, u64) {
-    let per_block = cluster_size * 8 / refcount_bits;
+    let per_block = refcounts_per_block(cluster_size, refcount_bits);
     let (mut blocks, mut table) = (0u64, 0u64);
     loop {
         let nb = (used + blocks + table).div_ceil(per_block);
@@ -63,7 +62,7 @@ pub fn check_limits(virtual_size: u64, cluster_size: u64) -> Result<(), Pipeline
         )));
     }
     let per_l2 = cluster_size * (cluster_size / 8);
-    let max = (super::format::MAX_L1_BYTES / 8).saturating_mul(per_l2);
+    let max = (format::MAX_L1_BYTES / 8).saturating_mul(per_l2);
     let size = virtual_size.div_ceil(SECTOR).saturating_mul(SECTOR);
     if size > max {
         let hint = if cluster_size < 2 << 20 {
@@ -201,7 +200,7 @@ impl Qcow2Writer {
             self.file
                 .write_all_at(&self.buf, self.buf_start)
                 .map_err(|e| self.werr(e))?;
-            crate::output::start_writeback(&self.file, self.buf_start, self.buf.len() as u64);
+            super::start_writeback(&self.file, self.buf_start, self.buf.len() as u64);
             self.buf_start += self.buf.len() as u64;
             self.buf.clear();
         }
@@ -241,7 +240,7 @@ impl Qcow2Writer {
                 bytes.extend_from_slice(&e.to_be_bytes());
             }
             self.write_at(off, &bytes)?;
-            self.l1[l1i] = off | ENTRY_COPIED;
+            self.l1[l1i] = encode_l1(off);
             self.l2.fill(0);
             self.l2_used = false;
         }
@@ -289,22 +288,18 @@ impl Qcow2Writer {
 
         let mut table_bytes = vec![0u8; (table * cs) as usize];
         for b in 0..blocks {
-            let e = blocks_off + b * cs;
+            let e = encode_reftable(blocks_off + b * cs);
             table_bytes[(b * 8) as usize..(b * 8 + 8) as usize].copy_from_slice(&e.to_be_bytes());
         }
         self.write_at(table_off, &table_bytes)?;
-        let per_block = (cs * 8 / bits) as usize;
+        let per_block = refcounts_per_block(cs, bits) as usize;
         let mut block = vec![0u8; cs as usize];
         for b in 0..blocks as usize {
             block.fill(0);
             let first = b * per_block;
             let last = (first + per_block).min(self.refcounts.len());
             for (i, &r) in self.refcounts[first.min(last)..last].iter().enumerate() {
-                if bits == 16 {
-                    block[i * 2..i * 2 + 2].copy_from_slice(&(r as u16).to_be_bytes());
-                } else {
-                    block[i * 4..i * 4 + 4].copy_from_slice(&r.to_be_bytes());
-                }
+                refcount_set(&mut block, i as u64, bits, r as u64);
             }
             self.write_at(blocks_off + b as u64 * cs, &block)?;
         }
@@ -370,7 +365,7 @@ impl Sink for Qcow2Writer {
                     let len = bytes.len() as u64;
                     let off = self.place_compressed(len);
                     self.write_at(off, bytes)?;
-                    self.set_entry(gc, compressed_descriptor(off, len, self.cluster_bits))?;
+                    self.set_entry(gc, encode_compressed(off, len, self.cluster_bits))?;
                 }
                 UnitOut::Plain => {
                     let off = self.alloc(1);
@@ -380,7 +375,7 @@ impl Sink for Qcow2Writer {
                         let pad = vec![0u8; cs as usize - data.len()];
                         self.write_at(off + data.len() as u64, &pad)?;
                     }
-                    self.set_entry(gc, off | ENTRY_COPIED)?;
+                    self.set_entry(gc, encode_standard(off))?;
                 }
             }
         }
@@ -390,7 +385,7 @@ impl Sink for Qcow2Writer {
 
 /// Raw deflate with a 4 KiB window, see `deflate.rs`.
 struct ZlibClusterEncoder {
-    d: super::deflate::RawDeflate,
+    d: RawDeflate,
     cluster_size: usize,
     padded: Vec<u8>,
 }
@@ -463,7 +458,7 @@ pub fn cluster_encoder(
         Compression::Zlib => {
             let lvl = level.unwrap_or(6).clamp(0, 9) as u32;
             Box::new(ZlibClusterEncoder {
-                d: super::deflate::RawDeflate::new(lvl)?,
+                d: RawDeflate::new(lvl)?,
                 cluster_size: cs,
                 padded: Vec::new(),
             })
@@ -486,13 +481,6 @@ pub fn cluster_encoder(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn descriptor_matches_qemu_example() {
-        // From the reference notes: 0x4400000001050000 = off 0x1050000, 16 extra sectors.
-        let d = compressed_descriptor(0x105_0000, 16 * 512 + 512, 16);
-        assert_eq!(d, 0x4400_0000_0105_0000);
-    }
 
     #[test]
     fn limits_follow_qemus_l1_cap() {
