@@ -15,6 +15,11 @@
 //!   namespace; from inside a container nothing outside it can be judged,
 //!   so it is left alone;
 //! - a tag without a namespace (older vmfinal): judged by PID, as then.
+//!
+//! Files a run writes under a name (temporary outputs) also carry a
+//! `flock` for as long as the run holds them (`hold`); a sweep removes such
+//! a file only when it can take that lock (`in_use`), which no PID
+//! namespace or shared directory can fool.
 
 use std::os::unix::fs::MetadataExt;
 
@@ -96,6 +101,26 @@ fn namespace_has_processes(ns: u64) -> bool {
     false
 }
 
+/// Marks `f` as held by this run for as long as its open file description
+/// lives (an exclusive `flock`; the kernel drops it when the run dies).
+pub fn hold(f: &std::fs::File) -> std::io::Result<()> {
+    rustix::fs::flock(f, rustix::fs::FlockOperation::NonBlockingLockExclusive)
+        .map_err(std::io::Error::from)
+}
+
+/// Is the file at `p` held by a live run (see `hold`)? A file that cannot
+/// be opened counts as in use (it is left alone).
+pub fn in_use(p: &std::path::Path) -> bool {
+    let Ok(f) = std::fs::File::open(p) else {
+        return true;
+    };
+    match rustix::fs::flock(&f, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+        // Ours now, so nobody held it; dropping `f` releases it.
+        Ok(()) => false,
+        Err(_) => true,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -110,6 +135,18 @@ mod tests {
         assert_eq!(parse("12@x"), None);
         assert_eq!(parse("@5"), None);
         assert_eq!(parse(""), None);
+    }
+
+    #[test]
+    fn a_held_file_is_in_use_until_it_is_closed() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("x");
+        let f = std::fs::File::create(&p).unwrap();
+        assert!(!in_use(&p));
+        hold(&f).unwrap();
+        assert!(in_use(&p));
+        drop(f);
+        assert!(!in_use(&p));
     }
 
     #[test]

@@ -144,7 +144,7 @@ pub fn sweep_stale() -> Vec<String> {
                         let ours = f
                             .file_name()
                             .is_some_and(|n| n.to_string_lossy().contains(".vmfinal-"));
-                        if ours && std::fs::remove_file(&f).is_ok() {
+                        if ours && !crate::owner::in_use(&f) && std::fs::remove_file(&f).is_ok() {
                             done.push(format!(
                                 "removed {} (left by vmfinal pid {pid})",
                                 f.display()

@@ -97,8 +97,9 @@ pub fn pid_is_vmfinal(pid: u32) -> bool {
 }
 
 /// Removes temporary outputs for `target` that dead vmfinal runs left
-/// (`.NAME.vmfinal-PID.tmp` whose PID is not a running vmfinal). Returns
-/// the paths removed.
+/// (`.NAME.vmfinal-PID.tmp` whose PID is not a running vmfinal and which no
+/// live run holds: `crate::owner::in_use`, since the PID in the name may
+/// come from another PID namespace). Returns the paths removed.
 pub fn sweep_stale_temps(target: &Path) -> Vec<PathBuf> {
     let Some(name) = target.file_name().map(|n| n.to_string_lossy().into_owned()) else {
         return Vec::new();
@@ -122,7 +123,11 @@ pub fn sweep_stale_temps(target: &Path) -> Vec<PathBuf> {
             continue;
         };
         let regular = e.file_type().is_ok_and(|t| t.is_file());
-        if regular && !pid_is_vmfinal(pid) && std::fs::remove_file(e.path()).is_ok() {
+        if regular
+            && !pid_is_vmfinal(pid)
+            && !crate::owner::in_use(&e.path())
+            && std::fs::remove_file(e.path()).is_ok()
+        {
             removed.push(e.path());
         }
     }
@@ -170,6 +175,9 @@ impl TempOutput {
             .permissions(std::fs::Permissions::from_mode(0o666))
             .tempfile_in(dir)
             .map_err(io)?;
+        // Held for the run's life, so no sweep in another PID namespace
+        // takes it for a dead run's file.
+        crate::owner::hold(file.as_file()).map_err(io)?;
         Ok(Self {
             file,
             target: target.to_owned(),
