@@ -532,10 +532,20 @@ pub fn guest_text(insp: &Inspection, facts: &DiskFacts, top: usize) -> anyhow::R
         }
     }
     out!(so);
-    out!(so, "profiles (dry run: what each would remove):");
-    let freed = insp.freed_bytes();
+    out!(
+        so,
+        "profiles (dry run: what each would free, net of what its writes take):"
+    );
+    let freed = insp.freed_bytes_or_zero();
     for p in &insp.profiles {
-        let note = if p.applicable {
+        let note = if p.applicable && p.allocated_bytes > 0 {
+            format!(
+                "{} paths; removes {}, writes take {}",
+                p.paths().count(),
+                human_bytes(p.removed_bytes),
+                human_bytes(p.allocated_bytes)
+            )
+        } else if p.applicable {
             format!("{} paths", p.paths().count())
         } else {
             p.reason.clone().unwrap_or_default()
@@ -544,8 +554,8 @@ pub fn guest_text(insp: &Inspection, facts: &DiskFacts, top: usize) -> anyhow::R
             so,
             "  {:<16} {:>10}  [{}]  {}",
             p.name,
-            human_bytes(p.freed_bytes),
-            bar(p.freed_bytes, total, 20),
+            crate::text::human_signed(p.freed_bytes),
+            bar(u64::try_from(p.freed_bytes).unwrap_or(0), total, 20),
             note
         );
     }
@@ -633,7 +643,7 @@ pub fn run(args: &AnalyzeArgs) -> anyhow::Result<super::ExitCode> {
         None => None,
     };
     if let (Some(path), Some(i)) = (&args.html, &insp) {
-        let (zl, zs) = facts.after(i.freed_bytes());
+        let (zl, zs) = facts.after(i.freed_bytes_or_zero());
         let page = inspect::html::render(&inspect::html::Page {
             title: args.image.display().to_string(),
             snapshots: vec![inspect::html::Snapshot {
@@ -656,7 +666,7 @@ pub fn run(args: &AnalyzeArgs) -> anyhow::Result<super::ExitCode> {
             o.insert("guest".into(), i.to_json(args.top_or_default()));
             o.insert(
                 "estimate_after_cleaning".into(),
-                estimate_json(&facts, i.freed_bytes()),
+                estimate_json(&facts, i.freed_bytes_or_zero()),
             );
         }
         crate::report::print_json(&v)?;
@@ -727,7 +737,7 @@ impl FinalizeReport {
             Some(_) => Some(inspect_raw(workspace, profiles, state, "after", 3, 10)?),
             None => None,
         };
-        let (zl, zs) = self.facts.after(self.before.freed_bytes());
+        let (zl, zs) = self.facts.after(self.before.freed_bytes_or_zero());
         let mut estimates = vec![
             ("allocated before".to_string(), self.facts.allocated_bytes),
             ("qcow2 zlib before (est.)".to_string(), self.facts.est_zlib),

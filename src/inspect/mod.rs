@@ -417,9 +417,15 @@ impl Inspection {
         v
     }
 
-    /// Bytes the selected profiles' plans free, by profile.
-    pub fn freed_bytes(&self) -> u64 {
+    /// Bytes the selected profiles' plans free, net of what their writes
+    /// allocate.
+    pub fn freed_bytes(&self) -> i64 {
         self.profiles.iter().map(|p| p.freed_bytes).sum()
+    }
+
+    /// `freed_bytes`, 0 when the writes take more than is removed.
+    pub fn freed_bytes_or_zero(&self) -> u64 {
+        u64::try_from(self.freed_bytes()).unwrap_or(0)
     }
 
     fn node_json(&self, n: &Node) -> serde_json::Value {
@@ -453,6 +459,8 @@ impl Inspection {
                 if let Some(o) = v.as_object_mut() {
                     o.remove("failures");
                     o.remove("seconds");
+                    o.remove("measured_freed_bytes");
+                    o.remove("measured_filesystems");
                 }
                 v
             })

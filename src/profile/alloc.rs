@@ -1,0 +1,266 @@
+//! What a profile's `write` and `symlink` steps allocate, predicted at plan
+//! time, so that a profile's planned savings are net of the blocks it takes
+//! back (ssh-hostkeys removes host keys and writes a first-boot unit).
+//!
+//! The prediction follows how each filesystem stores a new entry: a
+//! regular file takes its size rounded up to the filesystem's block size
+//! (`statvfs` `f_frsize`); a symlink is stored in the inode when short
+//! (ext4: a target under 60 bytes; xfs: within the inode's literal area,
+//! 336 bytes with the default 512-byte inodes) and takes blocks otherwise;
+//! a directory the step creates takes one block on ext4 and none on xfs
+//! (short form, in the inode); ext4 with `inline_data` keeps files of up to
+//! 60 bytes and new directories in the inode; btrfs keeps files of up to
+//! 2048 bytes, symlinks and directories in its metadata, which its `statvfs`
+//! does not count. What an overwritten file or symlink held is freed.
+//! Not predicted: a directory block the parent needs for one more entry
+//! (rare; the entry usually fits), and ext4 files between 60 bytes and
+//! what the inode's free xattr space holds with `inline_data` (counted as
+//! blocks).
+
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+
+use crate::guest::root::GuestRoot;
+
+/// How a filesystem stores small entries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Ext4 { inline_data: bool },
+    Xfs,
+    Btrfs,
+    Other,
+}
+
+/// The filesystem a new entry lands on.
+#[derive(Debug, Clone, Copy)]
+struct Fs {
+    kind: Kind,
+    block: u64,
+}
+
+const EXT4_MAGIC: u64 = 0xEF53;
+const EXT4_INCOMPAT_INLINE_DATA: u32 = 0x8000;
+const XFS_MAGIC: u64 = 0x5846_5342;
+const BTRFS_MAGIC: u64 = 0x9123_683E;
+/// ext4 keeps a symlink target in `i_block` when it and its NUL fit (60 bytes).
+const EXT4_FAST_SYMLINK: usize = 60;
+/// ext4's `i_block`, which `inline_data` fills first.
+const EXT4_INLINE_MIN: u64 = 60;
+/// xfs v5 inodes of 512 bytes (mkfs.xfs's default) leave 336 bytes for a
+/// local symlink.
+const XFS_LOCAL_SYMLINK: usize = 336;
+/// btrfs's default `max_inline`.
+const BTRFS_MAX_INLINE: u64 = 2048;
+
+/// The st_dev of each ext4 filesystem among `mounts` that uses
+/// `inline_data` (read from its superblock on the mounted device).
+pub fn inline_data_devs<'a>(mounts: impl Iterator<Item = (&'a str, &'a str)>) -> Vec<u64> {
+    use std::os::unix::fs::{FileExt, MetadataExt};
+    let mut out = Vec::new();
+    for (device, fstype) in mounts {
+        if fstype != "ext4" {
+            continue;
+        }
+        let Ok(f) = std::fs::File::open(device) else {
+            continue;
+        };
+        let mut b = [0u8; 4];
+        // s_feature_incompat: superblock at 1024, field at 0x60.
+        if f.read_exact_at(&mut b, 1024 + 0x60).is_err() {
+            continue;
+        }
+        let incompat = u32::from_le_bytes(b);
+        if incompat & EXT4_INCOMPAT_INLINE_DATA != 0 {
+            if let Ok(m) = f.metadata() {
+                out.push(m.rdev());
+            }
+        }
+    }
+    out
+}
+
+fn fs_of(fd: &impl AsRawFd, inline_data: &[u64]) -> Option<Fs> {
+    // SAFETY: the caller holds `fd` open for this call.
+    let b = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd.as_raw_fd()) };
+    let sf = rustix::fs::fstatfs(b).ok()?;
+    let sv = rustix::fs::fstatvfs(b).ok()?;
+    let dev = rustix::fs::fstat(b).ok()?.st_dev;
+    let kind = match sf.f_type as u64 & 0xFFFF_FFFF {
+        EXT4_MAGIC => Kind::Ext4 {
+            inline_data: inline_data.contains(&dev),
+        },
+        XFS_MAGIC => Kind::Xfs,
+        BTRFS_MAGIC => Kind::Btrfs,
+        _ => Kind::Other,
+    };
+    Some(Fs {
+        kind,
+        block: sv.f_frsize.max(512),
+    })
+}
+
+fn round(n: u64, block: u64) -> u64 {
+    n.div_ceil(block).saturating_mul(block)
+}
+
+fn file_blocks(fs: Fs, size: u64) -> u64 {
+    match fs.kind {
+        _ if size == 0 => 0,
+        Kind::Ext4 { inline_data: true } if size <= EXT4_INLINE_MIN => 0,
+        Kind::Btrfs if size <= BTRFS_MAX_INLINE.min(fs.block) => 0,
+        _ => round(size, fs.block),
+    }
+}
+
+fn symlink_blocks(fs: Fs, target: usize) -> u64 {
+    match fs.kind {
+        Kind::Ext4 { .. } if target < EXT4_FAST_SYMLINK => 0,
+        Kind::Xfs if target <= XFS_LOCAL_SYMLINK => 0,
+        Kind::Btrfs => 0,
+        _ => round(target as u64, fs.block),
+    }
+}
+
+fn dir_blocks(fs: Fs) -> u64 {
+    match fs.kind {
+        Kind::Ext4 { inline_data: false } | Kind::Other => fs.block,
+        _ => 0,
+    }
+}
+
+/// A write or symlink step's entry.
+pub enum New<'a> {
+    File(u64),
+    Symlink(&'a [u8]),
+}
+
+/// What one planned write or symlink does to the space in use.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Prediction {
+    /// Blocks the new entry and the directories made for it take.
+    pub allocated: u64,
+    /// Blocks of the entry it replaces.
+    pub freed: u64,
+}
+
+/// What earlier planned steps do to the paths a write lands on.
+#[derive(Default)]
+pub struct Planned {
+    /// Directories an earlier write or symlink creates.
+    pub dirs: std::collections::BTreeSet<PathBuf>,
+    /// Entries an earlier write or symlink creates, with their blocks.
+    pub entries: std::collections::BTreeMap<PathBuf, u64>,
+}
+
+/// Predicts a write (`New::File(size)`) or symlink at the guest `path`, as
+/// `plan::execute` carries it out: missing parents made (`mkdir -p`), then
+/// the entry created or replaced. `removed(p)`: an earlier step deletes
+/// `p`. Records what it creates in `planned`.
+pub fn predict(
+    root: &GuestRoot,
+    path: &Path,
+    new: New,
+    inline_data: &[u64],
+    removed: impl Fn(&Path) -> bool,
+    planned: &mut Planned,
+) -> Prediction {
+    let mut p = Prediction::default();
+    let Some(parent) = path.parent() else {
+        return p;
+    };
+    // The nearest ancestor that exists (or an earlier step makes): the
+    // filesystem the new directories and the entry land on. As mkdir_p,
+    // whatever exists there is not made; what an earlier step removes is.
+    let on_disk = |b: &Path| !removed(b) && root.lstat(b.as_os_str().as_encoded_bytes()).is_ok();
+    let mut missing: Vec<PathBuf> = Vec::new();
+    let mut base = parent.to_path_buf();
+    while !planned.dirs.contains(&base) && !on_disk(&base) {
+        missing.push(base.clone());
+        match base.parent() {
+            Some(b) => base = b.to_path_buf(),
+            None => return p,
+        }
+    }
+    // Planned directories exist only in the plan: their filesystem is the
+    // nearest one on disk.
+    let mut disk = base.clone();
+    while !on_disk(&disk) {
+        match disk.parent() {
+            Some(d) => disk = d.to_path_buf(),
+            None => return p,
+        }
+    }
+    // execute() opens each parent strictly (no symlink): a symlink on the
+    // way makes the step fail, which allocates nothing.
+    let Ok(fd) = root.open_dir_strict(disk.as_os_str().as_encoded_bytes()) else {
+        return p;
+    };
+    let Some(fs) = fs_of(&fd, inline_data) else {
+        return p;
+    };
+    drop(fd);
+    for d in &missing {
+        p.allocated += dir_blocks(fs);
+        planned.dirs.insert(d.clone());
+    }
+    // What the entry replaces.
+    let old = if let Some(b) = planned.entries.get(path) {
+        Some(*b)
+    } else if missing.is_empty() && !removed(path) {
+        match root.lstat(path.as_os_str().as_encoded_bytes()) {
+            Ok(st) if st.is_dir() => return p,
+            Ok(st) if matches!(new, New::Symlink(_)) && !st.is_symlink() => return p,
+            Ok(st) if st.nlink <= 1 => Some(st.allocated),
+            _ => None,
+        }
+    } else {
+        None
+    };
+    let blocks = match new {
+        New::File(size) => file_blocks(fs, size),
+        New::Symlink(t) => symlink_blocks(fs, t.len()),
+    };
+    p.freed = old.unwrap_or(0);
+    p.allocated += blocks;
+    planned.entries.insert(path.to_path_buf(), blocks);
+    p
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_round_to_blocks_by_filesystem() {
+        let ext4 = Fs {
+            kind: Kind::Ext4 { inline_data: false },
+            block: 4096,
+        };
+        let inline = Fs {
+            kind: Kind::Ext4 { inline_data: true },
+            block: 1024,
+        };
+        let xfs = Fs {
+            kind: Kind::Xfs,
+            block: 4096,
+        };
+        let btrfs = Fs {
+            kind: Kind::Btrfs,
+            block: 4096,
+        };
+        assert_eq!(file_blocks(ext4, 0), 0);
+        assert_eq!(file_blocks(ext4, 1), 4096);
+        assert_eq!(file_blocks(ext4, 4097), 8192);
+        assert_eq!(file_blocks(inline, 60), 0);
+        assert_eq!(file_blocks(inline, 61), 1024);
+        assert_eq!(file_blocks(btrfs, 2048), 0);
+        assert_eq!(file_blocks(btrfs, 2049), 4096);
+        assert_eq!(symlink_blocks(ext4, 59), 0);
+        assert_eq!(symlink_blocks(ext4, 60), 4096);
+        assert_eq!(symlink_blocks(xfs, 336), 0);
+        assert_eq!(symlink_blocks(xfs, 337), 4096);
+        assert_eq!(dir_blocks(ext4), 4096);
+        assert_eq!(dir_blocks(inline), 0);
+        assert_eq!(dir_blocks(xfs), 0);
+    }
+}
