@@ -870,6 +870,91 @@ fn run_steps_need_allow_run() {
     no_leftovers(d.path());
 }
 
+/// A profile that only writes: its plan is net of what its writes and
+/// symlinks allocate (new directories, a file over several blocks, a long
+/// symlink, a short one kept in the inode, an overwrite freeing the old
+/// file), negative here, and equals what the run measures around it and
+/// what df shows on a fresh mount, to the byte (ext4).
+#[test]
+fn write_steps_are_priced_by_what_they_allocate() {
+    if !root_ok() {
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    let img = d.path().join("deb.raw");
+    make_image("debian-mini", &img);
+    let prof = d.path().join("writes.yaml");
+    let long = format!("../{}", "t".repeat(120));
+    std::fs::write(
+        &prof,
+        format!(
+            "name: writes\ndescription: x\nsteps:\n  - write:\n      path: /opt/vmfinal-new/a/b/big.conf\n      content: \"{}\"\n  - write:\n      path: /etc/debian_version\n      content: \"{}\"\n  - symlink:\n      path: /opt/vmfinal-new/long-link\n      target: {long}\n  - symlink:\n      path: /opt/vmfinal-new/short-link\n      target: a/b/big.conf\n",
+            "x".repeat(5000),
+            "y".repeat(3000)
+        ),
+    )
+    .unwrap();
+    let root = part_range(&img, 2);
+    let before = df_used(&img, root, "ro,noload");
+    let args = ["clean", "--json", "--profiles", "none", "--profile-file"];
+    let dry = json(&ok(vmfinal()
+        .args(args)
+        .arg(&prof)
+        .arg("--dry-run")
+        .arg(&img)));
+    let v = json(&ok(vmfinal().args(args).arg(&prof).arg(&img)));
+    let after = df_used(&img, root, "ro,noload");
+    let p = &v["guest"]["profiles"][0];
+    assert_eq!(p["name"], "writes");
+    assert!(p["failures"].as_array().unwrap().is_empty(), "{p}");
+    assert_eq!(dry["guest"]["profiles"][0]["freed_bytes"], p["freed_bytes"]);
+    let actions: Vec<&serde_json::Value> = p["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|s| s["actions"].as_array().unwrap())
+        .collect();
+    let alloc = |path: &str| {
+        let a = actions.iter().find(|a| a["path"] == path).expect(path);
+        (
+            a["allocated_bytes"].as_u64().unwrap(),
+            a["bytes"].as_u64().unwrap(),
+        )
+    };
+    // The long symlink takes one block: the filesystem's block size.
+    let (block, _) = alloc("/opt/vmfinal-new/long-link");
+    assert!(block == 1024 || block == 4096, "{p}");
+    assert_eq!(alloc("/opt/vmfinal-new/short-link"), (0, 0));
+    let (big, freed) = alloc("/opt/vmfinal-new/a/b/big.conf");
+    let new_dirs = (big - 5000u64.div_ceil(block) * block) / block;
+    assert!((3..=4).contains(&new_dirs), "{p}");
+    assert_eq!(freed, 0);
+    // The overwritten file's old block is freed.
+    let (ver, old) = alloc("/etc/debian_version");
+    assert_eq!((ver, old), (3000u64.div_ceil(block) * block, block), "{p}");
+    let planned = p["freed_bytes"].as_i64().unwrap();
+    eprintln!(
+        "writes: removes {} B, allocates {} B ({new_dirs} new directories, {block} B blocks): plans {planned} B; measured {}, df {}",
+        p["removed_bytes"],
+        p["allocated_bytes"],
+        p["measured_freed_bytes"],
+        before as i64 - after as i64
+    );
+    assert!(planned < 0, "{p}");
+    assert_eq!(
+        p["removed_bytes"].as_i64().unwrap() - p["allocated_bytes"].as_i64().unwrap(),
+        planned
+    );
+    assert_eq!(p["measured_freed_bytes"].as_i64(), Some(planned), "{p}");
+    assert_eq!(
+        before as i64 - after as i64,
+        planned,
+        "df before {before}, after {after}"
+    );
+    fsck_clean(&img);
+    no_leftovers(d.path());
+}
+
 /// The copy-on-write view through FUSE (the default where the host has
 /// /dev/fuse) gives the same guest as the full raw copy: same files and
 /// sizes, both filesystems clean by e2fsck; the overlay holds only what
