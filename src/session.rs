@@ -266,6 +266,9 @@ pub fn run_guest(
     let mut sync_and_use = |m: &Mounted| {
         let t = Instant::now();
         let dir = g.host_path(&m.mountpoint);
+        if m.fstype == "xfs" {
+            guest::mount::xfs_settle(&dir);
+        }
         guest::mount::syncfs(&dir);
         let u = used_bytes(&dir);
         measure_seconds += t.elapsed().as_secs_f64();
