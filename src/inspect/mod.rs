@@ -7,6 +7,7 @@
 //! charged to that profile. Package sizes come from the guest's package
 //! databases (`packages`), never from running guest binaries.
 
+pub mod extents;
 pub mod html;
 pub mod packages;
 
@@ -107,6 +108,9 @@ pub struct Inspection {
     pub profiles: Vec<ProfilePlan>,
     pub duplicates: Duplicates,
     pub depth: usize,
+    /// Disk byte ranges of the data the plans remove (`extents`), for a
+    /// fresh sample of what stays; None when they could not be mapped.
+    pub removed_extents: Option<Vec<crate::extent::Extent>>,
 }
 
 /// Regular files by size: (path, allocated bytes, (dev, ino)).
@@ -401,6 +405,7 @@ pub fn inspect(
         profiles,
         duplicates: dups,
         depth,
+        removed_extents: None,
     })
 }
 
