@@ -6,7 +6,8 @@
 #   - with FINAL.json (a `finalize --json` of the same image and profiles): the
 #     per-profile plans equal finalize's, and each profile's planned savings (net
 #     of what its writes allocate) are within 1% of what that one finalize run
-#     measured around the profile (syncfs + statvfs), as is the total;
+#     measured around the profile (syncfs + statvfs), as is the total; the
+#     after-cleaning estimate within 5% of finalize's qcow2 artifact;
 #   - the --html page in headless Chromium (empty network namespace): no console
 #     message; the screenshot is written to OUTDIR/report.png.
 #
@@ -98,6 +99,17 @@ if final:
     print(f"profiles: analyze plans {g['freed_bytes']} B in all, finalize freed {meas} B (statvfs): {e * 100:.3f}%")
     if e > 0.01:
         fail.append(f"planned {g['freed_bytes']} B, finalize freed {meas} B")
+    # The after-cleaning estimate (a fresh sample of what stays) against the
+    # qcow2 artifact finalize wrote, within 5%.
+    out_ = f.get("artifact", {}).get("output", {})
+    c = out_.get("compression")
+    if out_.get("format") == "qcow2" and c in ("zlib", "zstd"):
+        est = v["estimate_after_cleaning"]
+        guess, real = est[f"qcow2_{c}_bytes"], out_["bytes"]
+        e = (guess - real) / max(real, 1)
+        print(f"estimate after cleaning ({est['method']}): qcow2 {c} {guess} B, finalize wrote {real} B: {e * 100:+.2f}%")
+        if abs(e) > 0.05:
+            fail.append(f"estimated {guess} B after cleaning, the artifact is {real} B")
 if fail:
     print("check-guest-report: " + "; ".join(fail[:5]), file=sys.stderr)
     sys.exit(1)

@@ -322,6 +322,20 @@ fn debian_report_matches_dpkg_query_du_and_finalize() {
         worst * 100.0,
         plans.len()
     );
+    // The after-cleaning estimate: a fresh sample of what stays, against
+    // the artifact finalize wrote (qcow2, zlib).
+    let est = &v["estimate_after_cleaning"];
+    assert_eq!(est["method"], "resampled", "{est}");
+    let real = std::fs::metadata(&out).expect("artifact").len();
+    let guess = est["qcow2_zlib_bytes"].as_u64().expect("estimate");
+    eprintln!(
+        "estimate after cleaning: zlib {guess} B, finalize wrote {real} B ({:+.2}%)",
+        (guess as f64 - real as f64) * 100.0 / real as f64
+    );
+    assert!(
+        rel_diff(guess, real) <= 0.05,
+        "estimated {guess} B after cleaning, the artifact is {real} B"
+    );
     let page = std::fs::read_to_string(&html).expect("finalize --report page");
     for s in ["before cleaning", "after cleaning", "(actual)"] {
         assert!(page.contains(s), "finalize report lacks {s:?}");
