@@ -296,15 +296,13 @@ pub fn run_guest(
         p.measured_filesystems = touched.iter().map(|m| m.mountpoint.clone()).collect();
         st.inc(1);
     }
-    for m in &g.mounted {
-        guest::mount::syncfs(&g.host_path(&m.mountpoint));
-    }
+    // Every filesystem synced (and xfs settled) once more: the totals.
+    let after: Vec<u64> = filesystems.iter().map(&mut sync_and_use).collect();
     report
         .stages
         .insert("clean".to_string(), t.elapsed().as_secs_f64());
     let mut measured = 0i64;
-    for (m, b) in filesystems.iter().zip(before) {
-        let a = used_bytes(&g.host_path(&m.mountpoint));
+    for ((m, b), a) in filesystems.iter().zip(before).zip(after) {
         measured += plan::net(b, a);
         report.filesystems.push(FsUsage {
             mountpoint: m.mountpoint.clone(),
@@ -312,7 +310,7 @@ pub fn run_guest(
             used_after: a,
         });
     }
-    // The syncfs and statvfs calls around the profiles (the last syncfs
+    // The syncfs and statvfs calls around the profiles (the last round
     // would have run anyway).
     report.stages.insert("measure".to_string(), measure_seconds);
     report.measured_freed_bytes = Some(measured);
