@@ -112,7 +112,7 @@ fn used_bytes(dir: &Path) -> u64 {
     (s.f_blocks - s.f_bfree) * s.f_frsize
 }
 
-fn inline_data(g: &Guest) -> Vec<u64> {
+fn inline_data(g: &Guest) -> Vec<(u64, u64)> {
     crate::profile::alloc::inline_data_devs(
         g.filesystems()
             .into_iter()

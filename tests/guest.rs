@@ -891,20 +891,39 @@ fn run_steps_need_allow_run() {
 /// what df shows on a fresh mount, to the byte (ext4).
 #[test]
 fn write_steps_are_priced_by_what_they_allocate() {
-    if !root_ok() {
-        return;
+    if root_ok() {
+        priced_writes(false);
     }
+}
+
+/// The same on an ext4 root with `inline_data`: new directories and files
+/// of up to 128 bytes (256-byte inodes) take no block.
+#[test]
+fn write_steps_are_priced_on_ext4_with_inline_data() {
+    if root_ok() {
+        priced_writes(true);
+    }
+}
+
+fn priced_writes(inline: bool) {
     let d = tempfile::tempdir().unwrap();
     let img = d.path().join("deb.raw");
-    make_image("debian-mini", &img);
+    ok(Command::new(repo().join("scripts/make-guest-image.sh"))
+        .env(
+            "GUEST_ROOT_MKFS_OPTS",
+            if inline { "-O inline_data -I 256" } else { "" },
+        )
+        .arg(repo().join("vm-fixtures/debian-mini/tree.txt"))
+        .arg(&img));
     let prof = d.path().join("writes.yaml");
     let long = format!("../{}", "t".repeat(120));
     std::fs::write(
         &prof,
         format!(
-            "name: writes\ndescription: x\nsteps:\n  - write:\n      path: /opt/vmfinal-new/a/b/big.conf\n      content: \"{}\"\n  - write:\n      path: /etc/debian_version\n      content: \"{}\"\n  - symlink:\n      path: /opt/vmfinal-new/long-link\n      target: {long}\n  - symlink:\n      path: /opt/vmfinal-new/short-link\n      target: a/b/big.conf\n",
+            "name: writes\ndescription: x\nsteps:\n  - write:\n      path: /opt/vmfinal-new/a/b/big.conf\n      content: \"{}\"\n  - write:\n      path: /etc/debian_version\n      content: \"{}\"\n  - symlink:\n      path: /opt/vmfinal-new/long-link\n      target: {long}\n  - symlink:\n      path: /opt/vmfinal-new/short-link\n      target: a/b/big.conf\n  - write:\n      path: /opt/vmfinal-new/small.conf\n      content: \"{}\"\n",
             "x".repeat(5000),
-            "y".repeat(3000)
+            "y".repeat(3000),
+            "z".repeat(128)
         ),
     )
     .unwrap();
@@ -941,14 +960,22 @@ fn write_steps_are_priced_by_what_they_allocate() {
     assert_eq!(alloc("/opt/vmfinal-new/short-link"), (0, 0));
     let (big, freed) = alloc("/opt/vmfinal-new/a/b/big.conf");
     let new_dirs = (big - 5000u64.div_ceil(block) * block) / block;
-    assert!((3..=4).contains(&new_dirs), "{p}");
     assert_eq!(freed, 0);
-    // The overwritten file's old block is freed.
+    // The overwritten file's old block is freed (inline: it had none).
     let (ver, old) = alloc("/etc/debian_version");
-    assert_eq!((ver, old), (3000u64.div_ceil(block) * block, block), "{p}");
+    let small = alloc("/opt/vmfinal-new/small.conf");
+    if inline {
+        assert_eq!(new_dirs, 0, "{p}");
+        assert_eq!((ver, old), (3000u64.div_ceil(block) * block, 0), "{p}");
+        assert_eq!(small, (0, 0), "{p}");
+    } else {
+        assert!((3..=4).contains(&new_dirs), "{p}");
+        assert_eq!((ver, old), (3000u64.div_ceil(block) * block, block), "{p}");
+        assert_eq!(small, (block, 0), "{p}");
+    }
     let planned = p["freed_bytes"].as_i64().unwrap();
     eprintln!(
-        "writes: removes {} B, allocates {} B ({new_dirs} new directories, {block} B blocks): plans {planned} B; measured {}, df {}",
+        "writes (inline_data {inline}): removes {} B, allocates {} B ({new_dirs} new directory blocks, {block} B blocks): plans {planned} B; measured {}, df {}",
         p["removed_bytes"],
         p["allocated_bytes"],
         p["measured_freed_bytes"],

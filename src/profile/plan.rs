@@ -369,7 +369,9 @@ fn plan_subtree(
 
 /// Turns (op, path, stat) into planned actions with bytes: a file's blocks
 /// count once, and only when every one of its hard links goes.
-fn price(items: Vec<(Op, PathBuf, Stat)>) -> Vec<Planned> {
+/// `inline_data`: as `Ctx::inline_data` (ext4's inline files report
+/// sectors no block holds).
+fn price(items: Vec<(Op, PathBuf, Stat)>, inline_data: &[(u64, u64)]) -> Vec<Planned> {
     let mut links: HashMap<(u64, u64), u64> = HashMap::new();
     for (op, _, st) in &items {
         if *op == Op::Delete && !st.is_dir() {
@@ -380,18 +382,18 @@ fn price(items: Vec<(Op, PathBuf, Stat)>) -> Vec<Planned> {
     items
         .into_iter()
         .map(|(op, path, st)| {
+            let allocated = alloc::real_allocated(&st, inline_data);
             let bytes = match op {
                 Op::Delete if !st.is_dir() => {
                     let key = (st.dev, st.ino);
                     let all = links.get(&key).copied().unwrap_or(0) >= st.nlink;
                     if all && priced.insert(key) {
-                        st.allocated
+                        allocated
                     } else {
                         0
                     }
                 }
-                Op::Truncate => st.allocated,
-                _ => st.allocated,
+                _ => allocated,
             };
             Planned::new(op, path.to_string_lossy().into_owned(), bytes)
         })
@@ -556,7 +558,7 @@ pub fn plan_profile(ctx: &Ctx, p: &Profile, claims: &mut Claims) -> Result<Profi
                 sp.link = Some((PathBuf::from(path), target));
             }
         }
-        sp.actions.extend(price(items));
+        sp.actions.extend(price(items, &ctx.inline_data));
         plan.steps.push(sp);
     }
     plan.removed_bytes = plan.paths().map(|a| a.bytes).sum();
