@@ -197,6 +197,8 @@ pub struct Planned {
     pub entries: std::collections::BTreeMap<PathBuf, u64>,
     /// ext4 inline directories an earlier step makes outgrow their inode.
     pub grown: std::collections::BTreeSet<PathBuf>,
+    /// Bytes of entries earlier steps add to each inline directory.
+    pub added: std::collections::BTreeMap<PathBuf, u64>,
 }
 
 /// An ext4 directory entry's length for a name of `n` bytes.
@@ -204,24 +206,30 @@ fn rec_len(n: usize) -> u64 {
     ((8 + n as u64) + 3) & !3
 }
 
-/// With `inline_data`, a small directory lives in its inode's 60-byte
-/// `i_block` (4 of them the parent's inode number); one that the new
-/// entries overflow becomes a block directory (measured: ext4 did not
-/// extend the directories mke2fs made into their xattr space). `adds`:
-/// (directory, bytes of new entries); `fresh`: directories the step makes.
+/// With `inline_data`, a small directory lives in its inode: `i_block`'s
+/// 60 bytes (4 of them the parent's inode number), which a directory the
+/// kernel makes extends into the inode's xattr space (up to `inline`, the
+/// largest inline file); one that the entries overflow becomes a block
+/// directory. Measured: directories mke2fs made (size 60) were not
+/// extended, so their room is their size less 4. `adds`: (directory, bytes
+/// of entries at the step's peak, bytes that stay); `fresh`: directories
+/// the step makes. Returns how many directories take a block.
 fn inline_dirs_grown(
     root: &GuestRoot,
-    adds: &[(PathBuf, u64)],
+    adds: &[(PathBuf, u64, u64)],
     fresh: &[PathBuf],
+    inline: u64,
     planned: &mut Planned,
 ) -> u64 {
     let mut n = 0;
-    for (dir, add) in adds {
+    for (dir, peak, stays) in adds {
+        let before = planned.added.get(dir).copied().unwrap_or(0);
+        *planned.added.entry(dir.clone()).or_default() += stays;
         if planned.grown.contains(dir) {
             continue;
         }
-        let (capacity, used) = if fresh.contains(dir) {
-            (56, 0)
+        let (capacity, used) = if fresh.contains(dir) || planned.dirs.contains(dir) {
+            (inline.saturating_sub(4), 0)
         } else {
             let Ok(st) = root.lstat(dir.as_os_str().as_encoded_bytes()) else {
                 continue;
@@ -236,7 +244,7 @@ fn inline_dirs_grown(
             let used: u64 = names.iter().map(|x| rec_len(x.len())).sum();
             (st.size.saturating_sub(4), used)
         };
-        if used + add > capacity {
+        if used + before + peak > capacity {
             planned.grown.insert(dir.clone());
             n += 1;
         }
@@ -318,17 +326,20 @@ pub fn predict(
             // for a write the temporary name beside it), and each new
             // directory's name in its parent.
             let name = path.file_name().map_or(0, |x| x.len());
-            let mut own = if old.is_none() { rec_len(name) } else { 0 };
-            if matches!(new, New::File(_)) {
-                own += rec_len(".vmfinal-new.".len() + name);
-            }
-            let mut adds = vec![(parent.to_path_buf(), own)];
+            let own = if old.is_none() { rec_len(name) } else { 0 };
+            let tmp = if matches!(new, New::File(_)) {
+                rec_len(".vmfinal-new.".len() + name)
+            } else {
+                0
+            };
+            let mut adds = vec![(parent.to_path_buf(), own + tmp, own)];
             for d in &missing {
                 if let (Some(up), Some(n)) = (d.parent(), d.file_name()) {
-                    adds.push((up.to_path_buf(), rec_len(n.len())));
+                    let r = rec_len(n.len());
+                    adds.push((up.to_path_buf(), r, r));
                 }
             }
-            p.allocated += fs.block * inline_dirs_grown(root, &adds, &missing, planned);
+            p.allocated += fs.block * inline_dirs_grown(root, &adds, &missing, inline, planned);
         }
     }
     p.freed = old.unwrap_or(0);
