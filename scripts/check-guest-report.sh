@@ -4,8 +4,10 @@
 #   - the dpkg package list against dpkg-query --admindir on a read-only mount;
 #   - every directory of the report's tree (depth 3) against du -s -B1 / du -sb;
 #   - with FINAL.json (a `finalize --json` of the same image and profiles): the
-#     per-profile plans equal finalize's, and the planned total is within 1% of
-#     what finalize measured (statvfs);
+#     per-profile plans equal finalize's, and each profile's planned savings (net
+#     of what its writes allocate) are within 1% of what that one finalize run
+#     measured around the profile (syncfs + statvfs), as is the total; the
+#     after-cleaning estimate within 5% of finalize's qcow2 artifact;
 #   - the --html page in headless Chromium (empty network namespace): no console
 #     message; the screenshot is written to OUTDIR/report.png.
 #
@@ -69,20 +71,45 @@ print(f"directories: {count} to depth {g['depth']}; worst difference against du:
       f"{worst[0] * 100:.4f}% allocated, {worst[1] * 100:.4f}% apparent")
 subprocess.run(["umount", "-R", root], check=True)
 os.rmdir(root)
-# Per-profile plans against finalize.
+# Per-profile plans against finalize: its plan, and what it measured around
+# each profile (one run).
 if final:
     f = json.load(open(final))
-    fp = {p["name"]: p["freed_bytes"] for p in f["guest"]["profiles"]}
-    ap = {p["name"]: p["freed_bytes"] for p in g["profiles"]}
-    for name, b in ap.items():
-        print(f"  {name:<14} analyze plans {b:>12} B, finalize planned {fp.get(name, 0):>12} B")
-        if fp.get(name) != b:
-            fail.append(f"profile {name}: analyze plans {b} B, finalize planned {fp.get(name)} B")
+    fp = {p["name"]: p for p in f["guest"]["profiles"]}
+    print(f"  {'profile':<14} {'analyze plans':>14} {'finalize freed':>15}  difference")
+    for p in g["profiles"]:
+        name, b = p["name"], p["freed_bytes"]
+        q = fp.get(name)
+        if q is None or q["freed_bytes"] != b:
+            fail.append(f"profile {name}: analyze plans {b} B, finalize planned {q and q['freed_bytes']} B")
+            continue
+        m = q["measured_freed_bytes"]
+        if not p["applicable"]:
+            continue
+        if m is None:
+            fail.append(f"profile {name}: finalize measured nothing")
+            continue
+        e = abs(b - m) / max(abs(b), 1)
+        w = f" (writes take {p['allocated_bytes']} B)" if p["allocated_bytes"] else ""
+        print(f"  {name:<14} {b:>12} B {m:>13} B  {e * 100:.3f}%{w}")
+        if e > 0.01:
+            fail.append(f"profile {name}: analyze plans {b} B, finalize freed {m} B")
     meas = f["guest"]["measured_freed_bytes"]
-    e = abs(g["freed_bytes"] - meas) / max(meas, 1)
+    e = abs(g["freed_bytes"] - meas) / max(abs(meas), 1)
     print(f"profiles: analyze plans {g['freed_bytes']} B in all, finalize freed {meas} B (statvfs): {e * 100:.3f}%")
     if e > 0.01:
         fail.append(f"planned {g['freed_bytes']} B, finalize freed {meas} B")
+    # The after-cleaning estimate (a fresh sample of what stays) against the
+    # qcow2 artifact finalize wrote, within 5%.
+    out_ = f.get("artifact", {}).get("output", {})
+    c = out_.get("compression")
+    if out_.get("format") == "qcow2" and c in ("zlib", "zstd"):
+        est = v["estimate_after_cleaning"]
+        guess, real = est[f"qcow2_{c}_bytes"], out_["bytes"]
+        e = (guess - real) / max(real, 1)
+        print(f"estimate after cleaning ({est['method']}): qcow2 {c} {guess} B, finalize wrote {real} B: {e * 100:+.2f}%")
+        if abs(e) > 0.05:
+            fail.append(f"estimated {guess} B after cleaning, the artifact is {real} B")
 if fail:
     print("check-guest-report: " + "; ".join(fail[:5]), file=sys.stderr)
     sys.exit(1)

@@ -32,7 +32,9 @@ UUID=$swap_uuid none swap sw 0 0
 tmpfs /run tmpfs defaults 0 0
 FSTAB
 mkfs.ext4 -q -F -U "$boot_uuid" -L boot -d "$work/bootfs" "$work/boot.fs" "${boot_mib}M" >/dev/null
-mkfs.ext4 -q -F -U "$root_uuid" -L root -d "$work/root" "$work/root.fs" "${root_mib}M" >/dev/null
+# GUEST_ROOT_MKFS_OPTS: extra mkfs.ext4 options for / (e.g. "-O inline_data").
+read -ra root_opts <<< "${GUEST_ROOT_MKFS_OPTS:-}"
+mkfs.ext4 -q -F -U "$root_uuid" -L root "${root_opts[@]}" -d "$work/root" "$work/root.fs" "${root_mib}M" >/dev/null
 truncate -s "${swap_mib}M" "$work/swap.fs"
 mkswap -q -U "$swap_uuid" "$work/swap.fs" >/dev/null
 # Dirty swap pages, as a used swap partition has.

@@ -17,6 +17,7 @@ use crate::profile::plan::{self, Ctx, ProfilePlan};
 use crate::profile::{Profile, Registry};
 use crate::reclaim::{self, ReclaimMode, ReclaimResult};
 use crate::report::human_bytes;
+use crate::text::human_signed;
 
 /// Options for the guest stage, shared by `clean`, `finalize` and
 /// `analyze --guest`. (Their command-line spelling: `commands::guest_args`.)
@@ -76,10 +77,10 @@ pub struct GuestReport {
     pub volumes: Vec<Volume>,
     pub mounts: Vec<Mounted>,
     pub profiles: Vec<ProfilePlan>,
-    /// Sum of the profiles' planned bytes.
-    pub freed_bytes: u64,
+    /// Sum of the profiles' planned net bytes (removed minus allocated).
+    pub freed_bytes: i64,
     /// Drop in used space over the guest's filesystems (statvfs), real runs.
-    pub measured_freed_bytes: Option<u64>,
+    pub measured_freed_bytes: Option<i64>,
     pub filesystems: Vec<FsUsage>,
     pub reclaim: Vec<ReclaimResult>,
     /// Each cleaned filesystem, stamped and checked read-only after unmount.
@@ -100,6 +101,14 @@ fn used_bytes(dir: &Path) -> u64 {
         return 0;
     }
     (s.f_blocks - s.f_bfree) * s.f_frsize
+}
+
+fn inline_data(g: &Guest) -> Vec<(u64, u64)> {
+    crate::profile::alloc::inline_data_devs(
+        g.filesystems()
+            .into_iter()
+            .map(|m| (m.device.as_str(), m.fstype.as_str())),
+    )
 }
 
 /// Requires root, enters a private mount namespace, and sweeps what dead
@@ -135,6 +144,39 @@ impl Drop for MountDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir(&self.0);
     }
+}
+
+/// The filesystems a profile's plan touches, each once (`filesystems`:
+/// one mount per filesystem): those holding its paths, or all of them when
+/// it runs the package manager or a command (which may write anywhere).
+fn touched<'a>(
+    p: &ProfilePlan,
+    mounted: &[Mounted],
+    filesystems: &'a [Mounted],
+) -> Vec<&'a Mounted> {
+    let anywhere = p
+        .steps
+        .iter()
+        .any(|s| s.kind == "keep-newest-kernels" || s.kind == "run");
+    let mut vols: Vec<usize> = Vec::new();
+    for a in p.paths() {
+        let under = |mp: &str| {
+            mp == "/" || a.path == mp || a.path.strip_prefix(mp).is_some_and(|r| r.starts_with('/'))
+        };
+        // The deepest mount above the path; btrfs subvolumes of one
+        // filesystem share its volume.
+        if let Some(m) = mounted
+            .iter()
+            .filter(|m| under(&m.mountpoint))
+            .max_by_key(|m| m.mountpoint.len())
+        {
+            vols.push(m.vol);
+        }
+    }
+    filesystems
+        .iter()
+        .filter(|m| anywhere || vols.contains(&m.vol))
+        .collect()
 }
 
 /// Mounts the guest on the raw disk `image`, runs `profiles` (or plans them
@@ -182,13 +224,14 @@ pub fn run_guest(
         root: &g.root,
         allow_run: args.allow_run,
         sandbox: if args.dry_run { None } else { Some(&sandbox) },
+        inline_data: inline_data(&g),
     };
     let mut st = crate::progress::stage("plan");
     let t = Instant::now();
     let mut plans = plan::plan_all(&ctx, profiles).map_err(|e| anyhow::anyhow!(e))?;
     stages.insert("plan".to_string(), t.elapsed().as_secs_f64());
     let freed_bytes = plans.iter().map(|p| p.freed_bytes).sum();
-    st.note(format!("{} to free", human_bytes(freed_bytes)));
+    st.note(format!("{} to free", human_signed(freed_bytes)));
     st.done();
     let mut report = GuestReport {
         dry_run: args.dry_run,
@@ -209,17 +252,22 @@ pub fn run_guest(
         return Ok(report);
     }
 
-    // Each filesystem once (btrfs subvolumes share one).
-    let before: Vec<(String, u64)> = g
-        .filesystems()
-        .into_iter()
-        .map(|m| {
-            (
-                m.mountpoint.clone(),
-                used_bytes(&g.host_path(&m.mountpoint)),
-            )
-        })
-        .collect();
+    // Each filesystem once (btrfs subvolumes share one), synced so that
+    // what was written before cleaning is not counted as cleaning's.
+    let filesystems: Vec<Mounted> = g.filesystems().into_iter().cloned().collect();
+    let mut measure_seconds = 0f64;
+    let mut sync_and_use = |m: &Mounted| {
+        let t = Instant::now();
+        let dir = g.host_path(&m.mountpoint);
+        if m.fstype == "xfs" {
+            guest::mount::xfs_settle(&dir);
+        }
+        guest::mount::syncfs(&dir);
+        let u = used_bytes(&dir);
+        measure_seconds += t.elapsed().as_secs_f64();
+        u
+    };
+    let before: Vec<u64> = filesystems.iter().map(&mut sync_and_use).collect();
     let mut st = crate::progress::stage("clean");
     st.items(plans.iter().filter(|p| p.applicable).count() as u64);
     let t = Instant::now();
@@ -229,31 +277,41 @@ pub fn run_guest(
         }
         interrupted()?;
         st.message(p.name.clone());
+        // Around each profile: the filesystems it touches, synced, statvfs.
+        let touched = touched(p, &g.mounted, &filesystems);
+        let used: Vec<u64> = touched.iter().map(|m| sync_and_use(m)).collect();
         plan::execute(&ctx, p)?;
+        let mut freed = 0i64;
+        for (m, u) in touched.iter().zip(used) {
+            freed += plan::net(u, sync_and_use(m));
+        }
+        p.measured_freed_bytes = Some(freed);
+        p.measured_filesystems = touched.iter().map(|m| m.mountpoint.clone()).collect();
         st.inc(1);
     }
-    for m in &g.mounted {
-        guest::mount::syncfs(&g.host_path(&m.mountpoint));
-    }
+    // Every filesystem synced (and xfs settled) once more: the totals.
+    let after: Vec<u64> = filesystems.iter().map(&mut sync_and_use).collect();
     report
         .stages
         .insert("clean".to_string(), t.elapsed().as_secs_f64());
-    let mut measured = 0u64;
-    for (mp, b) in before {
-        let a = used_bytes(&g.host_path(&mp));
-        measured += b.saturating_sub(a);
+    let mut measured = 0i64;
+    for ((m, b), a) in filesystems.iter().zip(before).zip(after) {
+        measured += plan::net(b, a);
         report.filesystems.push(FsUsage {
-            mountpoint: mp,
+            mountpoint: m.mountpoint.clone(),
             used_before: b,
             used_after: a,
         });
     }
+    // The syncfs and statvfs calls around the profiles (the last round
+    // would have run anyway).
+    report.stages.insert("measure".to_string(), measure_seconds);
     report.measured_freed_bytes = Some(measured);
     st.message("");
     st.note(format!(
         "{} profiles, {} freed",
         plans.iter().filter(|p| p.applicable).count(),
-        human_bytes(measured)
+        human_signed(measured)
     ));
     st.done();
     report.profiles = plans;
@@ -377,6 +435,7 @@ pub fn with_dry_run_guest<T>(
         root: &g.root,
         allow_run: false,
         sandbox: None,
+        inline_data: inline_data(&g),
     };
     let st = crate::progress::stage("plan");
     let plans = plan::plan_all(&ctx, profiles).map_err(|e| anyhow::anyhow!(e))?;
@@ -405,12 +464,39 @@ pub fn print_human(r: &GuestReport, list_paths: bool) {
     if r.dry_run {
         eprintln!("dry run: nothing was changed");
     }
-    eprintln!("{:<16} {:>8} {:>12}  notes", "profile", "paths", "frees");
+    // "plans" is each profile's net (what it removes less what its writes
+    // and symlinks allocate); a real run adds what statvfs then showed.
+    let real = !r.dry_run;
+    let measured_col = |m: Option<i64>| {
+        if real {
+            format!(" {:>12}", m.map(human_signed).unwrap_or_else(|| "-".into()))
+        } else {
+            String::new()
+        }
+    };
+    eprintln!(
+        "{:<16} {:>8} {:>12}{}  notes",
+        "profile",
+        "paths",
+        "plans",
+        if real {
+            format!(" {:>12}", "freed")
+        } else {
+            String::new()
+        }
+    );
     for p in &r.profiles {
         let n = p.paths().count();
         let mut notes: Vec<String> = Vec::new();
         if let Some(x) = &p.reason {
             notes.push(x.clone());
+        }
+        if p.allocated_bytes > 0 {
+            notes.push(format!(
+                "removes {}, writes take {}",
+                human_bytes(p.removed_bytes),
+                human_bytes(p.allocated_bytes)
+            ));
         }
         for s in &p.steps {
             if !s.remove_packages.is_empty() {
@@ -424,10 +510,11 @@ pub fn print_human(r: &GuestReport, list_paths: bool) {
             notes.push(format!("{} failed", p.failures.len()));
         }
         eprintln!(
-            "{:<16} {:>8} {:>12}  {}",
+            "{:<16} {:>8} {:>12}{}  {}",
             p.name,
             n,
-            human_bytes(p.freed_bytes),
+            human_signed(p.freed_bytes),
+            measured_col(p.measured_freed_bytes),
             notes.join("; ")
         );
         if list_paths {
@@ -436,7 +523,12 @@ pub fn print_human(r: &GuestReport, list_paths: bool) {
                     .ok()
                     .and_then(|v| v.as_str().map(str::to_string))
                     .unwrap_or_default();
-                eprintln!("    {op:<9} {:>10}  {}", human_bytes(a.bytes), a.path);
+                let bytes = if a.allocated_bytes > 0 {
+                    human_signed(plan::net(a.bytes, a.allocated_bytes))
+                } else {
+                    human_bytes(a.bytes)
+                };
+                eprintln!("    {op:<9} {bytes:>10}  {}", a.path);
             }
         }
         for f in &p.failures {
@@ -445,13 +537,19 @@ pub fn print_human(r: &GuestReport, list_paths: bool) {
     }
     let measured = r
         .measured_freed_bytes
-        .map(|m| format!(" (filesystems report {} less used)", human_bytes(m)))
+        .map(|m| format!(" (filesystems report {} less used)", human_signed(m)))
         .unwrap_or_default();
     eprintln!(
-        "{:<16} {:>8} {:>12}{measured}",
+        "{:<16} {:>8} {:>12}{}{measured}",
         "total",
         r.profiles.iter().map(|p| p.paths().count()).sum::<usize>(),
-        human_bytes(r.freed_bytes)
+        human_signed(r.freed_bytes),
+        measured_col(Some(
+            r.profiles
+                .iter()
+                .filter_map(|p| p.measured_freed_bytes)
+                .sum::<i64>()
+        ))
     );
     for x in &r.reclaim {
         eprintln!(

@@ -10,6 +10,12 @@ pub fn human_bytes(n: u64) -> String {
     indicatif::HumanBytes(n).to_string()
 }
 
+/// A signed byte count: `-4 KiB` when negative (a net that grew).
+pub fn human_signed(n: i64) -> String {
+    let h = human_bytes(n.unsigned_abs());
+    if n < 0 { format!("-{h}") } else { h }
+}
+
 /// Quotes text that came from an image or a guest so that printing it
 /// cannot move the cursor, change colours or hide what follows: control
 /// characters, bidirectional overrides, quotes and backslashes are escaped,

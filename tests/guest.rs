@@ -827,6 +827,20 @@ fn xfs_var_mounted_by_label() {
         f > 10e6 && (f - m).abs() <= f * 0.01,
         "planned {f} vs df {m}"
     );
+    // Per profile, what finalize measured around it (inodegc waited for):
+    // the profiles that free over 1 MB within 1% (a few KiB of xfs's own
+    // metadata move with the small ones).
+    for p in v["guest"]["profiles"].as_array().unwrap() {
+        let planned = p["freed_bytes"].as_i64().unwrap();
+        if planned > 1_000_000 {
+            let measured = p["measured_freed_bytes"].as_i64().unwrap();
+            assert!(
+                (planned - measured).unsigned_abs() * 100 <= planned.unsigned_abs(),
+                "{}: planned {planned}, measured {measured}",
+                p["name"]
+            );
+        }
+    }
     let var = part_range(&img, 1);
     let (gone, kept) = {
         let m = Ro::with(&img, var, "ro,nouuid");
@@ -867,6 +881,118 @@ fn run_steps_need_allow_run() {
     );
     assert!(step["actions"].as_array().unwrap().is_empty());
     assert!(!listing(&img).contains("/root/ran"));
+    no_leftovers(d.path());
+}
+
+/// A profile that only writes: its plan is net of what its writes and
+/// symlinks allocate (new directories, a file over several blocks, a long
+/// symlink, a short one kept in the inode, an overwrite freeing the old
+/// file), negative here, and equals what the run measures around it and
+/// what df shows on a fresh mount, to the byte (ext4).
+#[test]
+fn write_steps_are_priced_by_what_they_allocate() {
+    if root_ok() {
+        priced_writes(false);
+    }
+}
+
+/// The same on an ext4 root with `inline_data`: new directories and files
+/// of up to 128 bytes (256-byte inodes) take no block.
+#[test]
+fn write_steps_are_priced_on_ext4_with_inline_data() {
+    if root_ok() {
+        priced_writes(true);
+    }
+}
+
+fn priced_writes(inline: bool) {
+    let d = tempfile::tempdir().unwrap();
+    let img = d.path().join("deb.raw");
+    ok(Command::new(repo().join("scripts/make-guest-image.sh"))
+        .env(
+            "GUEST_ROOT_MKFS_OPTS",
+            if inline { "-O inline_data -I 256" } else { "" },
+        )
+        .arg(repo().join("vm-fixtures/debian-mini/tree.txt"))
+        .arg(&img));
+    let prof = d.path().join("writes.yaml");
+    let long = format!("../{}", "t".repeat(120));
+    std::fs::write(
+        &prof,
+        format!(
+            "name: writes\ndescription: x\nsteps:\n  - write:\n      path: /opt/vmfinal-new/a/b/big.conf\n      content: \"{}\"\n  - write:\n      path: /etc/debian_version\n      content: \"{}\"\n  - symlink:\n      path: /opt/vmfinal-new/long-link\n      target: {long}\n  - symlink:\n      path: /opt/vmfinal-new/short-link\n      target: a/b/big.conf\n  - write:\n      path: /opt/vmfinal-new/small.conf\n      content: \"{}\"\n",
+            "x".repeat(5000),
+            "y".repeat(3000),
+            "z".repeat(128)
+        ),
+    )
+    .unwrap();
+    let root = part_range(&img, 2);
+    let before = df_used(&img, root, "ro,noload");
+    let args = ["clean", "--json", "--profiles", "none", "--profile-file"];
+    let dry = json(&ok(vmfinal()
+        .args(args)
+        .arg(&prof)
+        .arg("--dry-run")
+        .arg(&img)));
+    let v = json(&ok(vmfinal().args(args).arg(&prof).arg(&img)));
+    let after = df_used(&img, root, "ro,noload");
+    let p = &v["guest"]["profiles"][0];
+    assert_eq!(p["name"], "writes");
+    assert!(p["failures"].as_array().unwrap().is_empty(), "{p}");
+    assert_eq!(dry["guest"]["profiles"][0]["freed_bytes"], p["freed_bytes"]);
+    let actions: Vec<&serde_json::Value> = p["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|s| s["actions"].as_array().unwrap())
+        .collect();
+    let alloc = |path: &str| {
+        let a = actions.iter().find(|a| a["path"] == path).expect(path);
+        (
+            a["allocated_bytes"].as_u64().unwrap(),
+            a["bytes"].as_u64().unwrap(),
+        )
+    };
+    // The long symlink takes one block: the filesystem's block size.
+    let (block, _) = alloc("/opt/vmfinal-new/long-link");
+    assert!(block == 1024 || block == 4096, "{p}");
+    assert_eq!(alloc("/opt/vmfinal-new/short-link"), (0, 0));
+    let (big, freed) = alloc("/opt/vmfinal-new/a/b/big.conf");
+    let new_dirs = (big - 5000u64.div_ceil(block) * block) / block;
+    assert_eq!(freed, 0);
+    // The overwritten file's old block is freed (inline: it had none).
+    let (ver, old) = alloc("/etc/debian_version");
+    let small = alloc("/opt/vmfinal-new/small.conf");
+    if inline {
+        assert_eq!(new_dirs, 0, "{p}");
+        assert_eq!((ver, old), (3000u64.div_ceil(block) * block, 0), "{p}");
+        assert_eq!(small, (0, 0), "{p}");
+    } else {
+        assert!((3..=4).contains(&new_dirs), "{p}");
+        assert_eq!((ver, old), (3000u64.div_ceil(block) * block, block), "{p}");
+        assert_eq!(small, (block, 0), "{p}");
+    }
+    let planned = p["freed_bytes"].as_i64().unwrap();
+    eprintln!(
+        "writes (inline_data {inline}): removes {} B, allocates {} B ({new_dirs} new directory blocks, {block} B blocks): plans {planned} B; measured {}, df {}",
+        p["removed_bytes"],
+        p["allocated_bytes"],
+        p["measured_freed_bytes"],
+        before as i64 - after as i64
+    );
+    assert!(planned < 0, "{p}");
+    assert_eq!(
+        p["removed_bytes"].as_i64().unwrap() - p["allocated_bytes"].as_i64().unwrap(),
+        planned
+    );
+    assert_eq!(p["measured_freed_bytes"].as_i64(), Some(planned), "{p}");
+    assert_eq!(
+        before as i64 - after as i64,
+        planned,
+        "df before {before}, after {after}"
+    );
+    fsck_clean(&img);
     no_leftovers(d.path());
 }
 

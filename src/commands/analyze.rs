@@ -107,6 +107,22 @@ pub struct DiskFacts {
     pub read_bytes: u64,
     pub est_zlib: u64,
     pub est_zstd: u64,
+    /// The image and what compaction reads of it, for a fresh sample of
+    /// what stays after cleaning.
+    image: PathBuf,
+    format: Option<ImageFormat>,
+    to_read: Vec<crate::extent::Extent>,
+}
+
+/// The qcow2 estimates after cleaning.
+pub struct After {
+    pub zlib: u64,
+    pub zstd: u64,
+    /// `resampled`: a fresh sample of what stays (the removed files'
+    /// extents left out); `linear`: today's figures scaled by the bytes
+    /// left (the removals could not be mapped to the disk).
+    pub method: &'static str,
+    pub sampled_bytes: u64,
 }
 
 impl DiskFacts {
@@ -122,6 +138,39 @@ impl DiskFacts {
             }
         };
         (scale(self.est_zlib), scale(self.est_zstd))
+    }
+
+    /// The estimates after `i`'s plans: a fresh compression sample of what
+    /// compaction would still read (its ranges less the removed files'
+    /// extents), scaled to those bytes; the linear estimate when the
+    /// removals could not be mapped.
+    pub fn after_cleaning(&self, i: &Inspection) -> anyhow::Result<After> {
+        let Some(removed) = &i.removed_extents else {
+            let (zlib, zstd) = self.after(i.freed_bytes_or_zero());
+            return Ok(After {
+                zlib,
+                zstd,
+                method: "linear",
+                sampled_bytes: 0,
+            });
+        };
+        let stays = crate::extent::subtract(&self.to_read, removed);
+        let left = crate::extent::total(&stays);
+        let src = image::open(&self.image, self.format)?;
+        let (sampled, zl, zs) = crate::estimate::sample_ratio(src.as_ref(), &stays)?;
+        let est = |c: u64| {
+            if sampled == 0 {
+                0
+            } else {
+                (left as f64 * c as f64 / sampled as f64) as u64
+            }
+        };
+        Ok(After {
+            zlib: est(zl),
+            zstd: est(zs),
+            method: "resampled",
+            sampled_bytes: sampled,
+        })
     }
 }
 
@@ -292,6 +341,9 @@ pub fn disk_facts(image: &Path, format: Option<ImageFormat>) -> anyhow::Result<D
         text: so,
         allocated_bytes: alloc_bytes,
         read_bytes,
+        image: image.to_path_buf(),
+        format,
+        to_read: to_read.clone(),
         est_zlib: est(zl),
         est_zstd: est(zs),
     })
@@ -360,6 +412,7 @@ pub fn inspect_raw(
 ) -> anyhow::Result<Inspection> {
     session::with_dry_run_guest(raw, profiles, state, tag, |g, plans| {
         let st = crate::progress::stage("inspect");
+        let removed = inspect::extents::removed_extents(g, &plans);
         let r = inspect::inspect(
             &g.root,
             g.mounted.clone(),
@@ -367,7 +420,11 @@ pub fn inspect_raw(
             plans,
             depth,
             top,
-        );
+        )
+        .map(|mut i| {
+            i.removed_extents = removed;
+            i
+        });
         st.done();
         r
     })
@@ -431,7 +488,12 @@ fn shown(b: &[u8]) -> String {
 }
 
 /// The human report of what is inside the guest.
-pub fn guest_text(insp: &Inspection, facts: &DiskFacts, top: usize) -> anyhow::Result<String> {
+pub fn guest_text(
+    insp: &Inspection,
+    facts: &DiskFacts,
+    after: &After,
+    top: usize,
+) -> anyhow::Result<String> {
     use std::fmt::Write;
     let mut so = String::new();
     let mounts: Vec<String> = insp
@@ -532,10 +594,20 @@ pub fn guest_text(insp: &Inspection, facts: &DiskFacts, top: usize) -> anyhow::R
         }
     }
     out!(so);
-    out!(so, "profiles (dry run: what each would remove):");
-    let freed = insp.freed_bytes();
+    out!(
+        so,
+        "profiles (dry run: what each would free, net of what its writes take):"
+    );
+    let freed = insp.freed_bytes_or_zero();
     for p in &insp.profiles {
-        let note = if p.applicable {
+        let note = if p.applicable && p.allocated_bytes > 0 {
+            format!(
+                "{} paths; removes {}, writes take {}",
+                p.paths().count(),
+                human_bytes(p.removed_bytes),
+                human_bytes(p.allocated_bytes)
+            )
+        } else if p.applicable {
             format!("{} paths", p.paths().count())
         } else {
             p.reason.clone().unwrap_or_default()
@@ -544,8 +616,8 @@ pub fn guest_text(insp: &Inspection, facts: &DiskFacts, top: usize) -> anyhow::R
             so,
             "  {:<16} {:>10}  [{}]  {}",
             p.name,
-            human_bytes(p.freed_bytes),
-            bar(p.freed_bytes, total, 20),
+            crate::text::human_signed(p.freed_bytes),
+            bar(u64::try_from(p.freed_bytes).unwrap_or(0), total, 20),
             note
         );
     }
@@ -580,27 +652,32 @@ pub fn guest_text(insp: &Inspection, facts: &DiskFacts, top: usize) -> anyhow::R
                 .join(", ")
         );
     }
-    let (zl, zs) = facts.after(freed);
     out!(so);
     out!(
         so,
-        "estimated qcow2 after cleaning: zlib {}, zstd {} (now {}, {}; scaled by the bytes the profiles free)",
-        human_bytes(zl),
-        human_bytes(zs),
+        "estimated qcow2 after cleaning: zlib {}, zstd {} (now {}, {}; {})",
+        human_bytes(after.zlib),
+        human_bytes(after.zstd),
         human_bytes(facts.est_zlib),
-        human_bytes(facts.est_zstd)
+        human_bytes(facts.est_zstd),
+        if after.method == "resampled" {
+            "a fresh sample of what stays"
+        } else {
+            "scaled by the bytes the profiles free"
+        }
     );
     Ok(so)
 }
 
 /// The JSON of the estimates before and after cleaning.
-pub fn estimate_json(facts: &DiskFacts, freed: u64) -> serde_json::Value {
-    let (zl, zs) = facts.after(freed);
+pub fn estimate_json(facts: &DiskFacts, freed: u64, after: &After) -> serde_json::Value {
     serde_json::json!({
         "freed_bytes": freed,
         "bytes_to_read": facts.read_bytes.saturating_sub(freed),
-        "qcow2_zlib_bytes": zl,
-        "qcow2_zstd_bytes": zs,
+        "qcow2_zlib_bytes": after.zlib,
+        "qcow2_zstd_bytes": after.zstd,
+        "method": after.method,
+        "sampled_bytes": after.sampled_bytes,
     })
 }
 
@@ -632,8 +709,12 @@ pub fn run(args: &AnalyzeArgs) -> anyhow::Result<super::ExitCode> {
         Some(st) => Some(inspect_image(args, &profiles, st)?),
         None => None,
     };
-    if let (Some(path), Some(i)) = (&args.html, &insp) {
-        let (zl, zs) = facts.after(i.freed_bytes());
+    let after = match &insp {
+        Some(i) => Some(facts.after_cleaning(i)?),
+        None => None,
+    };
+    if let (Some(path), Some(i), Some(af)) = (&args.html, &insp, &after) {
+        let (zl, zs) = (af.zlib, af.zstd);
         let page = inspect::html::render(&inspect::html::Page {
             title: args.image.display().to_string(),
             snapshots: vec![inspect::html::Snapshot {
@@ -652,19 +733,19 @@ pub fn run(args: &AnalyzeArgs) -> anyhow::Result<super::ExitCode> {
     }
     if args.json {
         let mut v = facts.json.clone();
-        if let (Some(i), Some(o)) = (&insp, v.as_object_mut()) {
+        if let (Some(i), Some(af), Some(o)) = (&insp, &after, v.as_object_mut()) {
             o.insert("guest".into(), i.to_json(args.top_or_default()));
             o.insert(
                 "estimate_after_cleaning".into(),
-                estimate_json(&facts, i.freed_bytes()),
+                estimate_json(&facts, i.freed_bytes_or_zero(), af),
             );
         }
         crate::report::print_json(&v)?;
         return Ok(0);
     }
     let mut text = facts.text.clone();
-    if let Some(i) = &insp {
-        text.push_str(&guest_text(i, &facts, args.top_or_default())?);
+    if let (Some(i), Some(af)) = (&insp, &after) {
+        text.push_str(&guest_text(i, &facts, af, args.top_or_default())?);
     }
     crate::report::print_stdout(text.trim_end())?;
     Ok(0)
@@ -695,6 +776,8 @@ pub struct FinalizeReport {
     path: PathBuf,
     before: Inspection,
     facts: DiskFacts,
+    /// Sampled before cleaning changes the workspace.
+    after: After,
 }
 
 impl FinalizeReport {
@@ -707,10 +790,12 @@ impl FinalizeReport {
     ) -> anyhow::Result<Self> {
         let facts = disk_facts(workspace, Some(ImageFormat::Raw))?;
         let before = inspect_raw(workspace, profiles, state, "before", 3, 10)?;
+        let after = facts.after_cleaning(&before)?;
         Ok(Self {
             path: path.to_owned(),
             before,
             facts,
+            after,
         })
     }
 
@@ -727,7 +812,7 @@ impl FinalizeReport {
             Some(_) => Some(inspect_raw(workspace, profiles, state, "after", 3, 10)?),
             None => None,
         };
-        let (zl, zs) = self.facts.after(self.before.freed_bytes());
+        let (zl, zs) = (self.after.zlib, self.after.zstd);
         let mut estimates = vec![
             ("allocated before".to_string(), self.facts.allocated_bytes),
             ("qcow2 zlib before (est.)".to_string(), self.facts.est_zlib),

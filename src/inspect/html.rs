@@ -10,6 +10,7 @@ use std::fmt::Write;
 
 use super::{Inspection, Node};
 use crate::report::human_bytes;
+use crate::text::human_signed;
 
 /// One guest state shown (finalize shows two: before and after cleaning).
 pub struct Snapshot<'a> {
@@ -59,7 +60,7 @@ fn colors(insp: &Inspection) -> Vec<&'static str> {
     insp.profiles
         .iter()
         .map(|p| {
-            if p.freed_bytes > 0 {
+            if p.removed_bytes > 0 {
                 k += 1;
                 PALETTE[(k - 1) % PALETTE.len()]
             } else {
@@ -430,13 +431,13 @@ fn snapshot(s: &mut String, snap: &Snapshot) {
     );
     let cs = colors(i);
     for (k, pl) in i.profiles.iter().enumerate() {
-        if pl.freed_bytes > 0 {
+        if pl.removed_bytes > 0 {
             let _ = write!(
                 s,
                 "<span class=\"li\"><span class=\"sw\" style=\"background:{}\"></span>{} ({})</span>",
                 cs[k],
                 esc(&pl.name),
-                human_bytes(pl.freed_bytes)
+                human_signed(pl.freed_bytes)
             );
         }
     }
@@ -474,8 +475,8 @@ fn snapshot(s: &mut String, snap: &Snapshot) {
     let _ = write!(
         s,
         "<h3>Profiles (dry run): {} would be freed, {} still in use after</h3><table><tr><th>profile</th><th>paths</th><th>frees</th><th>notes</th></tr>",
-        human_bytes(freed),
-        human_bytes(total.saturating_sub(freed))
+        human_signed(freed),
+        human_bytes(total.saturating_sub(u64::try_from(freed).unwrap_or(0)))
     );
     for pl in &i.profiles {
         let note = if pl.applicable {
@@ -488,7 +489,7 @@ fn snapshot(s: &mut String, snap: &Snapshot) {
             "<tr><td>{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td>{}</td></tr>",
             esc(&pl.name),
             pl.paths().count(),
-            human_bytes(pl.freed_bytes),
+            human_signed(pl.freed_bytes),
             esc(&note)
         );
     }

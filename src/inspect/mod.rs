@@ -7,6 +7,7 @@
 //! charged to that profile. Package sizes come from the guest's package
 //! databases (`packages`), never from running guest binaries.
 
+pub mod extents;
 pub mod html;
 pub mod packages;
 
@@ -107,6 +108,9 @@ pub struct Inspection {
     pub profiles: Vec<ProfilePlan>,
     pub duplicates: Duplicates,
     pub depth: usize,
+    /// Disk byte ranges of the data the plans remove (`extents`), for a
+    /// fresh sample of what stays; None when they could not be mapped.
+    pub removed_extents: Option<Vec<crate::extent::Extent>>,
 }
 
 /// Regular files by size: (path, allocated bytes, (dev, ino)).
@@ -401,6 +405,7 @@ pub fn inspect(
         profiles,
         duplicates: dups,
         depth,
+        removed_extents: None,
     })
 }
 
@@ -417,9 +422,15 @@ impl Inspection {
         v
     }
 
-    /// Bytes the selected profiles' plans free, by profile.
-    pub fn freed_bytes(&self) -> u64 {
+    /// Bytes the selected profiles' plans free, net of what their writes
+    /// allocate.
+    pub fn freed_bytes(&self) -> i64 {
         self.profiles.iter().map(|p| p.freed_bytes).sum()
+    }
+
+    /// `freed_bytes`, 0 when the writes take more than is removed.
+    pub fn freed_bytes_or_zero(&self) -> u64 {
+        u64::try_from(self.freed_bytes()).unwrap_or(0)
     }
 
     fn node_json(&self, n: &Node) -> serde_json::Value {
@@ -453,6 +464,8 @@ impl Inspection {
                 if let Some(o) = v.as_object_mut() {
                     o.remove("failures");
                     o.remove("seconds");
+                    o.remove("measured_freed_bytes");
+                    o.remove("measured_filesystems");
                 }
                 v
             })

@@ -13,6 +13,10 @@ pub struct Ctx<'a> {
     pub allow_run: bool,
     /// Runs commands chrooted in the guest (None: no privileged sandbox).
     pub sandbox: Option<&'a dyn Sandbox>,
+    /// The guest's ext4 filesystems with `inline_data`: (st_dev, largest
+    /// file kept inline) (`alloc::inline_data_devs`); small files and new
+    /// directories take no block there.
+    pub inline_data: Vec<(u64, u64)>,
 }
 
 /// The last `n` lines of guest output as one line, with control characters

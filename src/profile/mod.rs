@@ -1,6 +1,7 @@
 //! Cleanup profiles: the YAML schema, the built-ins, selection, planning
 //! (the dry run) and execution.
 
+pub mod alloc;
 pub mod ctx;
 pub mod glob;
 pub mod kernels;

@@ -21,6 +21,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
+use super::alloc;
 pub use super::ctx::{Ctx, MAX_DEPTH, output_tail, printable};
 use super::glob::{self, Glob, Segment};
 use super::kernels;
@@ -46,7 +47,23 @@ pub enum Op {
 pub struct Planned {
     pub op: Op,
     pub path: String,
+    /// Allocated bytes the action frees (for a write or symlink: what the
+    /// entry it replaces held).
     pub bytes: u64,
+    /// Bytes the action allocates: a write's or symlink's new entry and
+    /// the directories made for it (`alloc`); 0 for removals.
+    pub allocated_bytes: u64,
+}
+
+impl Planned {
+    fn new(op: Op, path: String, bytes: u64) -> Self {
+        Self {
+            op,
+            path,
+            bytes,
+            allocated_bytes: 0,
+        }
+    }
 }
 
 /// One step's plan.
@@ -96,8 +113,19 @@ pub struct ProfilePlan {
     /// Why the profile does not apply (null when it does).
     pub reason: Option<String>,
     pub steps: Vec<StepPlan>,
-    /// Bytes the planned actions free (allocated blocks).
-    pub freed_bytes: u64,
+    /// Allocated bytes the planned actions remove.
+    pub removed_bytes: u64,
+    /// Bytes the planned writes and symlinks allocate.
+    pub allocated_bytes: u64,
+    /// The plan's net: removed minus allocated (negative when the profile
+    /// takes more than it frees).
+    pub freed_bytes: i64,
+    /// Real runs: the drop in used space (syncfs, then statvfs before and
+    /// after the profile) over `measured_filesystems`; null in a dry run.
+    pub measured_freed_bytes: Option<i64>,
+    /// The filesystems the profile touched (mount points, each filesystem
+    /// once), measured around it; empty in a dry run.
+    pub measured_filesystems: Vec<String>,
     /// Paths that could not be acted on, with why (real runs only).
     pub failures: Vec<String>,
     pub seconds: f64,
@@ -275,6 +303,8 @@ fn condition_holds(
 #[derive(Default)]
 pub struct Claims {
     paths: BTreeSet<PathBuf>,
+    /// What earlier writes and symlinks create.
+    written: alloc::Planned,
 }
 
 impl Claims {
@@ -339,7 +369,9 @@ fn plan_subtree(
 
 /// Turns (op, path, stat) into planned actions with bytes: a file's blocks
 /// count once, and only when every one of its hard links goes.
-fn price(items: Vec<(Op, PathBuf, Stat)>) -> Vec<Planned> {
+/// `inline_data`: as `Ctx::inline_data` (ext4's inline files report
+/// sectors no block holds).
+fn price(items: Vec<(Op, PathBuf, Stat)>, inline_data: &[(u64, u64)]) -> Vec<Planned> {
     let mut links: HashMap<(u64, u64), u64> = HashMap::new();
     for (op, _, st) in &items {
         if *op == Op::Delete && !st.is_dir() {
@@ -350,24 +382,20 @@ fn price(items: Vec<(Op, PathBuf, Stat)>) -> Vec<Planned> {
     items
         .into_iter()
         .map(|(op, path, st)| {
+            let allocated = alloc::real_allocated(&st, inline_data);
             let bytes = match op {
                 Op::Delete if !st.is_dir() => {
                     let key = (st.dev, st.ino);
                     let all = links.get(&key).copied().unwrap_or(0) >= st.nlink;
                     if all && priced.insert(key) {
-                        st.allocated
+                        allocated
                     } else {
                         0
                     }
                 }
-                Op::Truncate => st.allocated,
-                _ => st.allocated,
+                _ => allocated,
             };
-            Planned {
-                op,
-                path: path.to_string_lossy().into_owned(),
-                bytes,
-            }
+            Planned::new(op, path.to_string_lossy().into_owned(), bytes)
         })
         .collect()
 }
@@ -381,7 +409,11 @@ pub fn plan_profile(ctx: &Ctx, p: &Profile, claims: &mut Claims) -> Result<Profi
         applicable: true,
         reason: None,
         steps: Vec::new(),
+        removed_bytes: 0,
+        allocated_bytes: 0,
         freed_bytes: 0,
+        measured_freed_bytes: None,
+        measured_filesystems: Vec::new(),
         failures: Vec::new(),
         seconds: 0.0,
     };
@@ -499,11 +531,7 @@ pub fn plan_profile(ctx: &Ctx, p: &Profile, claims: &mut Claims) -> Result<Profi
             }
             Action::Run(cmd) => {
                 sp.command = Some(cmd.clone());
-                sp.actions.push(Planned {
-                    op: Op::Run,
-                    path: cmd.clone(),
-                    bytes: 0,
-                });
+                sp.actions.push(Planned::new(Op::Run, cmd.clone(), 0));
                 if !ctx.allow_run {
                     sp.note = Some("skipped: run steps need --allow-run".into());
                     sp.actions.clear();
@@ -514,29 +542,56 @@ pub fn plan_profile(ctx: &Ctx, p: &Profile, claims: &mut Claims) -> Result<Profi
                 let path = schema::expand_one(&w.path.0, &p.vars)
                     .map_err(|e| format!("profile {}: {e}", p.name))?;
                 let mode = w.mode.unwrap_or(schema::FileMode::DEFAULT).0;
-                sp.actions.push(Planned {
-                    op: Op::Write,
-                    path: path.clone(),
-                    bytes: 0,
-                });
-                sp.write = Some((PathBuf::from(path), w.content.clone().into_bytes(), mode));
+                let content = w.content.clone().into_bytes();
+                let new = alloc::New::File(content.len() as u64);
+                sp.actions
+                    .push(predicted(ctx, claims, Op::Write, &path, new));
+                sp.write = Some((PathBuf::from(path), content, mode));
             }
             Action::Symlink(s) => {
                 let path = schema::expand_one(&s.path.0, &p.vars)
                     .map_err(|e| format!("profile {}: {e}", p.name))?;
-                sp.actions.push(Planned {
-                    op: Op::Symlink,
-                    path: path.clone(),
-                    bytes: 0,
-                });
-                sp.link = Some((PathBuf::from(path), s.target.clone().into_bytes()));
+                let target = s.target.clone().into_bytes();
+                let new = alloc::New::Symlink(&target);
+                sp.actions
+                    .push(predicted(ctx, claims, Op::Symlink, &path, new));
+                sp.link = Some((PathBuf::from(path), target));
             }
         }
-        sp.actions.extend(price(items));
+        sp.actions.extend(price(items, &ctx.inline_data));
         plan.steps.push(sp);
     }
-    plan.freed_bytes = plan.paths().map(|a| a.bytes).sum();
+    plan.removed_bytes = plan.paths().map(|a| a.bytes).sum();
+    plan.allocated_bytes = plan.paths().map(|a| a.allocated_bytes).sum();
+    plan.freed_bytes = net(plan.removed_bytes, plan.allocated_bytes);
     Ok(plan)
+}
+
+/// `removed - allocated`, signed.
+pub fn net(removed: u64, allocated: u64) -> i64 {
+    let d = i128::from(removed) - i128::from(allocated);
+    i64::try_from(d).unwrap_or(if d < 0 { i64::MIN } else { i64::MAX })
+}
+
+/// A write or symlink step's action, priced by `alloc::predict`.
+fn predicted(ctx: &Ctx, claims: &mut Claims, op: Op, path: &str, new: alloc::New) -> Planned {
+    let p = Path::new(path);
+    let paths = &claims.paths;
+    let removed = |q: &Path| q.ancestors().any(|a| paths.contains(a));
+    let pr = alloc::predict(
+        ctx.root,
+        p,
+        new,
+        &ctx.inline_data,
+        removed,
+        &mut claims.written,
+    );
+    Planned {
+        op,
+        path: path.to_string(),
+        bytes: pr.freed,
+        allocated_bytes: pr.allocated,
+    }
 }
 
 /// Plans every selected profile in order (claims carried across them).
