@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Part of scripts/e2e-layouts.sh (`--only lvm2seg`): the Debian guest with
-# its root LV in two scattered segments. The LVM guest of
+# its root LV in two scattered segments. The MBR LVM guest of
 # e2e-layouts-lvm.sh (root 2200 MiB then swap 128 MiB on the PV in
-# partition 4) has the last 160 MiB of its root LV moved past the swap LV,
+# partition 2, msdos label) has the last 160 MiB of its root LV moved past the swap LV,
 # as a `pvmove` of those extents would leave it: the bytes are copied there
 # (the old place punched to zeros) and the LVM metadata rewritten with two
 # segments (scripts/lvm-move-extents.py with lvm-edit-meta.py: checksums
@@ -28,7 +28,8 @@ if ! ls "$W"/debs/lvm2_*.deb >/dev/null 2>&1; then
     liblvm2cmd2.03 libaio1 libedit2 libbsd0 libmd0 lsb-base >/dev/null 2>&1)
   ls "$W"/debs/lvm2_*.deb >/dev/null
 fi
-bash scripts/e2e-layouts-lvm.sh "$img" "$W" "$roff" "$rsize" "$boff" "$bsize"
+# On the msdos label, as the default LVM guest (the PV stays at ROOT_OFF).
+VMFINAL_E2E_LVM_LABEL=mbr bash scripts/e2e-layouts-lvm.sh "$img" "$W" "$roff" "$rsize" "$boff" "$bsize"
 
 # Move root's last 40 extents (160 MiB) past the swap LV.
 python3 scripts/lvm-move-extents.py "$img" "$roff" root 40

@@ -26,7 +26,7 @@
 #      artifact's root, fsck.fat -n on its ESP (byte-identical to the
 #      input's when it was not mounted), boot under OVMF (q35, TCG).
 #
-#   7. (first, in its own script) the LVM guest (GPT, p4 the PV) with its
+#   7. (first, in its own script) the MBR LVM guest (p2 the PV) with its
 #      root LV in two scattered segments: finalize through vmfinal's FUSE
 #      view of the LV, e2fsck -fn on the artifact's LV, boot
 #      (e2e-layouts-lvm2seg.sh; `--only lvm2seg` runs just this).
