@@ -16,7 +16,11 @@ Recipe lines (paths are guest paths; '#' starts a comment):
     hardlink PATH GUESTPATH          a hard link to GUESTPATH
     rpmdb DIR NAME-VER-REL:SIZE...   DIR/rpmdb.sqlite, a real rpm database
                                      (rpmbuild + rpm --justdb) of packages
-                                     whose one file is SIZE bytes
+                                     whose one file is SIZE bytes; or
+          NAME-VER-REL.ARCH=P1,P2[;Tag:value...]  a package owning the
+                                     tree's files P1, P2 (none: a meta
+                                     package), with extra spec lines such as
+                                     Provides:/Requires: (~ for a space)
     include RECIPE                   another recipe, relative to this one
 Random content is seeded by the path, so the same recipe gives the same bytes.
 """
@@ -68,7 +72,7 @@ def build(recipe, out):
             os.link(out + arg, path)
             continue
         if kind == "rpmdb":
-            rpmdb(path, arg.split())
+            rpmdb(path, arg.split(), out)
             continue
         if kind == "cc":
             src = os.path.join(base, arg)
@@ -119,7 +123,22 @@ head -c {size} /dev/zero > %{{buildroot}}/usr/share/{name}/data
 """
 
 
-def rpmdb(dbdir, pkgs):
+OWNED = """Name: {name}
+Version: {ver}
+Release: {rel}
+Summary: vmfinal fixture package
+License: MIT
+BuildArch: {arch}
+{extra}
+%global __os_install_post %{{nil}}
+%global debug_package %{{nil}}
+%global _build_id_links none
+%description
+vmfinal fixture package
+"""
+
+
+def rpmdb(dbdir, pkgs, root):
     """A real rpmdb.sqlite in dbdir, made by rpm itself."""
     import tempfile
     with tempfile.TemporaryDirectory() as t:
@@ -127,12 +146,27 @@ def rpmdb(dbdir, pkgs):
         os.makedirs(db)
         defs = ["--define", "_db_backend sqlite", "--dbpath", db]
         subprocess.run(["rpm", *defs, "--initdb"], check=True)
-        for p in pkgs:
-            nvr, sz = p.rsplit(":", 1)
-            name, ver, rel = nvr.rsplit("-", 2)
-            spec = os.path.join(t, name + ".spec")
+        for n, p in enumerate(pkgs):
+            if "=" in p.split(";", 1)[0]:
+                head, *extra = p.split(";")
+                nvra, files = head.split("=", 1)
+                name, ver, rel = nvra.rsplit("-", 2)
+                rel, arch = rel.rsplit(".", 1)
+                files = [f for f in files.split(",") if f]
+                body = OWNED.format(name=name, ver=ver, rel=rel, arch=arch,
+                                    extra="\n".join(e.replace("~", " ") for e in extra))
+                body += "%install\n"
+                for f in files:
+                    body += f"mkdir -p %{{buildroot}}{os.path.dirname(f)}\n"
+                    body += f"cp -a {root}{f} %{{buildroot}}{f}\n"
+                body += "%files\n" + "".join(f + "\n" for f in files)
+            else:
+                nvr, sz = p.rsplit(":", 1)
+                name, ver, rel = nvr.rsplit("-", 2)
+                body = SPEC.format(name=name, ver=ver, rel=rel, size=size(sz))
+            spec = os.path.join(t, f"{n}-{name}.spec")
             with open(spec, "w") as f:
-                f.write(SPEC.format(name=name, ver=ver, rel=rel, size=size(sz)))
+                f.write(body)
             subprocess.run(["rpmbuild", "-bb", "--quiet", "--define", "_topdir " + t + "/top",
                             "--define", "_binary_payload w.ufdio", spec], check=True,
                            stdout=subprocess.DEVNULL)

@@ -445,11 +445,19 @@ pub fn with_dry_run_guest<T>(
     r
 }
 
-/// The human report (stderr).
-pub fn print_human(r: &GuestReport, list_paths: bool) {
+/// The guest's warnings, one escaped line each on stderr. Printed whatever
+/// the output mode: with `--json` (they are in the report too, but a
+/// pipeline reading stdout would not show them) and with `-q` (which
+/// quiets progress and summaries, never warnings or errors).
+pub fn print_warnings(r: &GuestReport) {
     for w in &r.warnings {
         eprintln!("vmfinal: warning: {}", crate::text::one_safe_line(w));
     }
+}
+
+/// The human report (stderr); the warnings are printed apart
+/// (`print_warnings`).
+pub fn print_human(r: &GuestReport, list_paths: bool) {
     let mounts: Vec<String> = r
         .mounts
         .iter()

@@ -7,7 +7,7 @@
 
 mod common;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
@@ -1057,5 +1057,169 @@ fn finalize_through_the_fuse_view_equals_the_copy() {
         std::fs::remove_file(&input).unwrap();
     }
     assert_only(d.path(), &["deb.raw"]);
+    no_leftovers(d.path());
+}
+
+/// The kernels step of a clean/finalize report.
+fn kernels_step(v: &serde_json::Value) -> serde_json::Value {
+    v["guest"]["profiles"]
+        .as_array()
+        .expect("profiles")
+        .iter()
+        .find(|p| p["name"] == "kernels")
+        .expect("kernels profile")["steps"][0]
+        .clone()
+}
+
+fn sha256(p: &Path) -> String {
+    let o = ok(Command::new("sha256sum").arg(p));
+    String::from_utf8_lossy(&o.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap_or("")
+        .to_string()
+}
+
+#[test]
+fn rpm_kernels_dry_run_from_rpmdb_sqlite() {
+    if !root_ok() || !have("rpm") || !have("rpmbuild") {
+        return;
+    }
+    const OLD: &str = "6.8.5-301.fc40.x86_64";
+    const NEW: &str = "6.10.3-200.fc40.x86_64";
+    let d = tempfile::tempdir().unwrap();
+    let img = d.path().join("rpmk.raw");
+    make_image("rpm-kernels", &img);
+    let before = sha256(&img);
+    let out = ok(vmfinal()
+        .args(["clean", "--dry-run", "--json", "--profiles", "kernels"])
+        .arg(&img));
+    assert_eq!(sha256(&img), before, "a dry run changed the image");
+    let step = kernels_step(&json(&out));
+    let mut remove: Vec<String> = step["remove_packages"]
+        .as_array()
+        .expect("remove_packages")
+        .iter()
+        .map(|s| s.as_str().unwrap_or("").to_string())
+        .collect();
+    remove.sort();
+    let want: Vec<String> = [
+        "kernel",
+        "kernel-core",
+        "kernel-modules",
+        "kernel-modules-extra",
+    ]
+    .iter()
+    .map(|n| format!("{n}-{OLD}"))
+    .collect();
+    assert_eq!(remove, want, "{step}");
+    assert_eq!(
+        step["keep_packages"],
+        serde_json::json!([format!("kernel-core-{NEW}"), format!("kernel-{NEW}")]),
+        "{step}"
+    );
+    assert!(step["note"].is_null(), "{step}");
+    // rpm itself, on a copy of the guest's database, lists the same files.
+    let (ql, alloc) = {
+        let r = Ro::new(&img, ROOT);
+        let db = tempfile::tempdir().unwrap();
+        std::fs::copy(
+            r.path().join("usr/lib/sysimage/rpm/rpmdb.sqlite"),
+            db.path().join("rpmdb.sqlite"),
+        )
+        .expect("copy rpmdb");
+        let o = ok(Command::new("rpm")
+            .arg("--dbpath")
+            .arg(db.path())
+            .arg("-ql")
+            .args(&want));
+        let ql: BTreeSet<String> = String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .filter(|l| l.starts_with('/'))
+            .map(str::to_string)
+            .collect();
+        let b = Ro::new(&img, BOOT);
+        use std::os::unix::fs::MetadataExt;
+        let alloc = |p: &str| {
+            let full = match p.strip_prefix("/boot/") {
+                Some(rest) => b.path().join(rest),
+                None => r.path().join(p.trim_start_matches('/')),
+            };
+            let m = std::fs::symlink_metadata(&full).unwrap_or_else(|e| panic!("{p}: {e}"));
+            (m.is_dir(), m.blocks() * 512)
+        };
+        let files: Vec<(String, bool, u64)> = ql
+            .iter()
+            .chain(std::iter::once(&format!("/boot/initramfs-{OLD}.img")))
+            .map(|p| {
+                let (dir, n) = alloc(p);
+                (p.clone(), dir, n)
+            })
+            .collect();
+        (ql, files)
+    };
+    assert_eq!(ql.len(), 5, "rpm -ql: {ql:?}");
+    let actions: BTreeMap<String, u64> = step["actions"]
+        .as_array()
+        .expect("actions")
+        .iter()
+        .map(|a| {
+            (
+                a["path"].as_str().unwrap_or("").to_string(),
+                a["bytes"].as_u64().unwrap_or(0),
+            )
+        })
+        .collect();
+    for p in &ql {
+        assert!(
+            actions.contains_key(p),
+            "{p} (rpm -ql) not planned: {actions:?}"
+        );
+    }
+    let mods = format!("/usr/lib/modules/{OLD}");
+    for p in actions.keys() {
+        assert!(
+            ql.contains(p) || *p == format!("/boot/initramfs-{OLD}.img") || p.starts_with(&mods),
+            "{p} planned, not the old kernel's"
+        );
+        assert!(!p.contains(NEW), "{p} of the kept kernel planned");
+    }
+    let mut total = 0;
+    for (p, dir, n) in &alloc {
+        if !dir {
+            assert_eq!(actions.get(p), Some(n), "{p}: planned bytes vs allocated");
+            total += n;
+        }
+    }
+    let planned: u64 = actions.values().sum();
+    eprintln!(
+        "rpm kernels dry run: {} paths, {planned} bytes planned; files of rpm -ql + initramfs: {total} bytes",
+        actions.len()
+    );
+    assert!(planned >= total && total > 3 << 20, "{planned} vs {total}");
+
+    // A package that stays requires the old kernel (kmod: kernel-uname-r = OLD): kept.
+    let img = d.path().join("rpmkmod.raw");
+    make_image("rpm-kernels-kmod", &img);
+    let out = ok(vmfinal()
+        .args(["clean", "--dry-run", "--json", "--profiles", "kernels"])
+        .arg(&img));
+    let step = kernels_step(&json(&out));
+    assert!(
+        step["remove_packages"]
+            .as_array()
+            .is_none_or(|a| a.is_empty()),
+        "{step}"
+    );
+    assert!(
+        step["note"]
+            .as_str()
+            .is_some_and(|n| n.contains(&format!("kept kernel {OLD}"))),
+        "{step}"
+    );
+    assert!(
+        step["actions"].as_array().is_some_and(|a| a.is_empty()),
+        "{step}"
+    );
     no_leftovers(d.path());
 }

@@ -1,5 +1,6 @@
 //! Everyday use of `finalize` and `clean` (root): every stage shows on a
-//! terminal and nothing of it without one; `-q` quiets dry-run listings;
+//! terminal and nothing of it without one; `-q` quiets dry-run listings but not
+//! warnings, which reach stderr with `--json` too;
 //! when a later stage fails, what was done is still reported; the Packer
 //! wrapper works with `VMFINAL="sudo vmfinal"` from another directory.
 //! Judged by exit codes, the files left, qemu-img and sha256sum.
@@ -321,4 +322,73 @@ fn packer_wrapper_runs_sudo_vmfinal_from_any_directory() {
         &work.join("output-golden"),
         &["golden.qcow2", "golden.qcow2.sha256", "manifest.json"],
     );
+}
+
+/// The warning lines of a run's stderr.
+fn warning_lines(stderr: &[u8]) -> Vec<String> {
+    String::from_utf8_lossy(stderr)
+        .lines()
+        .filter(|l| l.starts_with("vmfinal: warning: "))
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn warnings_reach_stderr_with_json_and_quiet() {
+    if !root_ok() || !have("qemu-img") {
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    let img = d.path().join("guest.raw");
+    make_image(&img);
+    // An optional fstab entry for a disk this image lacks: the run goes
+    // on with a warning. The fstab line is written through a mount of the
+    // root partition (p3: 65 MiB, 160 MiB), undone right after.
+    {
+        let m = tempfile::tempdir().unwrap();
+        ok(Command::new("mount")
+            .arg("-o")
+            .arg(format!("loop,offset={},sizelimit={}", 65 << 20, 160 << 20))
+            .arg(&img)
+            .arg(m.path()));
+        let fstab = m.path().join("etc/fstab");
+        let mut t = std::fs::read_to_string(&fstab).unwrap_or_default();
+        t.push_str("UUID=0badc0de-0000-4000-8000-00000000beef /data ext4 nofail 0 2\n");
+        let w = std::fs::write(&fstab, t);
+        ok(Command::new("umount").arg(m.path()));
+        w.expect("write fstab");
+    }
+    let want = "vmfinal: warning: fstab: /data (UUID=0badc0de-0000-4000-8000-00000000beef) is not a partition or logical volume of this image; not mounted (nofail/noauto)";
+    let i = img.to_string_lossy().into_owned();
+    let out = d.path().join("out.qcow2");
+    let o = out.to_string_lossy().into_owned();
+    for args in [
+        vec!["clean", "--dry-run", "--json", &i],
+        vec!["clean", "--dry-run", "--json", "-q", &i],
+        vec!["clean", "--dry-run", "-q", &i],
+        vec!["finalize", "--dry-run", "--json", "-o", &o, &i],
+        vec!["finalize", "--dry-run", "-q", "-o", &o, &i],
+        vec!["finalize", "--json", "-o", &o, &i],
+        vec!["finalize", "--json", "-q", "--force", "-o", &o, &i],
+        vec!["finalize", "-q", "--force", "-o", &o, &i],
+        vec!["finalize", "--force", "-o", &o, &i],
+    ] {
+        let p = ok(vmfinal().args(&args));
+        let lines = warning_lines(&p.stderr);
+        assert_eq!(
+            lines,
+            vec![want.to_string()],
+            "{args:?}: stderr {}",
+            String::from_utf8_lossy(&p.stderr)
+        );
+        if args.contains(&"--json") {
+            let v: serde_json::Value = serde_json::from_slice(&p.stdout)
+                .unwrap_or_else(|e| panic!("{args:?}: bad JSON ({e})"));
+            let ws = v["guest"]["warnings"].to_string();
+            assert!(ws.contains("/data (UUID=0badc0de"), "{args:?}: {ws}");
+        } else if args.contains(&"-q") {
+            assert!(p.stdout.is_empty(), "{args:?}: stdout with -q");
+        }
+    }
+    ok(Command::new("qemu-img").arg("check").arg(&out));
 }

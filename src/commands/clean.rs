@@ -50,6 +50,7 @@ pub fn run(a: &CleanArgs) -> anyhow::Result<super::ExitCode> {
     let before = image::allocated_bytes(&f.metadata()?);
     let r = session::run_guest(&a.image, &profiles, &a.guest, &mut state, false)?;
     let after = image::allocated_bytes(&std::fs::metadata(&a.image)?);
+    session::print_warnings(&r);
     if a.json {
         let v = serde_json::json!({
             "schema_version": crate::report::JSON_SCHEMA_VERSION,

@@ -167,6 +167,7 @@ pub fn run(a: &FinalizeArgs) -> anyhow::Result<super::ExitCode> {
         if let Some(h) = html {
             h.write(&prep.ws.path, &profiles, &mut state, None)?;
         }
+        session::print_warnings(&guest);
         if a.out.json {
             let v = json_doc(a, &input, &guest, &workspace_json, None, &stages);
             println!("{}", serde_json::to_string_pretty(&v)?);
@@ -248,7 +249,10 @@ fn publish_and_summarise(
         ..
     } = prep;
     drop(ws);
-    // The checksum and manifest; the human summary follows.
+    // The guest's warnings, then the checksum and manifest (publish prints
+    // the artifact's warnings); the human summary follows. Warnings go to
+    // stderr with --json and -q too.
+    session::print_warnings(&guest);
     let quiet_out = a.out.quieted();
     super::compact::publish(&report, "finalize", &quiet_out, extra)?;
     stages.insert("total".to_string(), t0.elapsed().as_secs_f64());
@@ -557,9 +561,6 @@ fn print_summary(
     session::print_human(guest, false);
     if let Some(w) = workspace {
         eprintln!("{w}");
-    }
-    for w in &report.warnings {
-        eprintln!("vmfinal: warning: {}", crate::text::one_safe_line(w));
     }
     eprintln!(
         "image: {} allocated -> {} in use after cleaning -> {} {} artifact {}",

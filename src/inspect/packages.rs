@@ -245,7 +245,7 @@ fn read_rpm(root: &GuestRoot) -> Vec<PackageDb> {
 /// Reads every package header of an rpmdb.sqlite open on `fd`. SQLite
 /// opens it immutable and read-only (no journal, no -wal/-shm files made),
 /// with the schema untrusted.
-fn read_rpm_sqlite(fd: i32) -> Result<Vec<Package>, String> {
+fn read_rpm_rows<T>(fd: i32, decode: fn(&[u8]) -> Result<T, String>) -> Result<Vec<T>, String> {
     use rusqlite::{Connection, OpenFlags};
     let uri = format!("file:/proc/self/fd/{fd}?immutable=1");
     let c = Connection::open_with_flags(
@@ -272,9 +272,212 @@ fn read_rpm_sqlite(fd: i32) -> Result<Vec<Package>, String> {
     let mut out = Vec::new();
     for (i, r) in rows.enumerate() {
         let blob = r.map_err(|e| format!("cannot read row {}: {e}", i + 1))?;
-        out.push(decode_header(&blob).map_err(|e| format!("package row {}: {e}", i + 1))?);
+        out.push(decode(&blob).map_err(|e| format!("package row {}: {e}", i + 1))?);
     }
     Ok(out)
+}
+
+fn read_rpm_sqlite(fd: i32) -> Result<Vec<Package>, String> {
+    read_rpm_rows(fd, decode_header)
+}
+
+/// The guest's rpm database read as headers, for planning without rpm.
+pub enum RpmDb {
+    /// No rpmdb.sqlite, no BerkeleyDB or ndb database either.
+    Missing,
+    /// A database vmfinal does not read (BerkeleyDB, ndb, damaged sqlite,
+    /// or changes pending in the -wal file): (guest path, why).
+    Unreadable(String, String),
+    /// (guest path, every package header).
+    Read(String, Vec<RpmHeader>),
+}
+
+/// Reads the guest's rpmdb.sqlite whole, as headers (no guest binary runs).
+pub fn rpm_headers(root: &GuestRoot) -> RpmDb {
+    for db in [
+        "/usr/lib/sysimage/rpm/rpmdb.sqlite",
+        "/var/lib/rpm/rpmdb.sqlite",
+    ] {
+        let Ok(fd) = root.open_at(
+            db.as_bytes(),
+            libc::O_RDONLY | libc::O_NOCTTY | libc::O_NONBLOCK,
+        ) else {
+            continue;
+        };
+        let Ok(st) = lstat_at(fd.as_raw_fd(), b"") else {
+            continue;
+        };
+        if !st.is_file() {
+            return RpmDb::Unreadable(db.into(), "not a regular file".into());
+        }
+        let wal = format!("{db}-wal");
+        if root.lstat(wal.as_bytes()).is_ok_and(|w| w.size > 0) {
+            return RpmDb::Unreadable(
+                db.into(),
+                format!("{wal} holds changes not yet checkpointed"),
+            );
+        }
+        return match read_rpm_rows(fd.as_raw_fd(), RpmHeader::parse) {
+            Ok(h) => RpmDb::Read(db.into(), h),
+            Err(e) => RpmDb::Unreadable(db.into(), e),
+        };
+    }
+    for (db, kind) in [
+        (
+            "/var/lib/rpm/Packages",
+            "a BerkeleyDB rpm database (rpm before 4.16)",
+        ),
+        ("/var/lib/rpm/Packages.db", "an ndb rpm database (SUSE)"),
+    ] {
+        if root.exists(db) {
+            return RpmDb::Unreadable(
+                db.into(),
+                format!("{kind}: vmfinal reads only rpmdb.sqlite (rpm 4.16 and later)"),
+            );
+        }
+    }
+    RpmDb::Missing
+}
+
+/// One rpm header, its index entries checked against its data store.
+#[derive(Debug, Clone)]
+pub struct RpmHeader {
+    /// (tag, type, offset, count)
+    entries: Vec<(u32, u32, usize, usize)>,
+    data: Vec<u8>,
+}
+
+pub const TAG_EPOCH: u32 = 1003;
+pub const TAG_OLDFILENAMES: u32 = 1027;
+pub const TAG_PROVIDENAME: u32 = 1047;
+pub const TAG_REQUIREFLAGS: u32 = 1048;
+pub const TAG_REQUIRENAME: u32 = 1049;
+pub const TAG_REQUIREVERSION: u32 = 1050;
+pub const TAG_PROVIDEVERSION: u32 = 1113;
+pub const TAG_DIRINDEXES: u32 = 1116;
+pub const TAG_BASENAMES: u32 = 1117;
+pub const TAG_DIRNAMES: u32 = 1118;
+const TYPE_STRING_ARRAY: u32 = 8;
+const TYPE_I18NSTRING: u32 = 9;
+
+impl RpmHeader {
+    /// Parses a header blob as rpmdb stores it (see `decode_header`).
+    pub fn parse(b: &[u8]) -> Result<Self, String> {
+        let il = be32(b, 0).ok_or("shorter than a header")? as usize;
+        let dl = be32(b, 4).ok_or("shorter than a header")? as usize;
+        if il == 0 || il > 0xffff || dl > 256 << 20 {
+            return Err(format!(
+                "implausible header ({il} entries, {dl} data bytes)"
+            ));
+        }
+        let data_at = 8 + il * 16;
+        let data = b
+            .get(data_at..data_at + dl)
+            .ok_or("header longer than its blob")?
+            .to_vec();
+        let mut entries = Vec::with_capacity(il);
+        for i in 0..il {
+            let e = 8 + i * 16;
+            let (tag, ty, off, count) = (
+                be32(b, e).unwrap_or(0),
+                be32(b, e + 4).unwrap_or(0),
+                be32(b, e + 8).unwrap_or(u32::MAX) as usize,
+                be32(b, e + 12).unwrap_or(0) as usize,
+            );
+            // No entry claims more items than its data could hold.
+            // An entry that claims more items than its data could hold
+            // is left out (its accessors answer empty).
+            if off <= dl && count <= dl - off + 1 {
+                entries.push((tag, ty, off, count));
+            }
+        }
+        Ok(Self { entries, data })
+    }
+
+    fn entry(&self, tag: u32) -> Option<(u32, usize, usize)> {
+        self.entries
+            .iter()
+            .find(|e| e.0 == tag)
+            .map(|e| (e.1, e.2, e.3))
+    }
+
+    /// The NUL-terminated strings of a string, string-array or i18n tag
+    /// (empty when absent or malformed).
+    pub fn strings(&self, tag: u32) -> Vec<String> {
+        let Some((ty, off, count)) = self.entry(tag) else {
+            return Vec::new();
+        };
+        let n = match ty {
+            TYPE_STRING => 1,
+            TYPE_STRING_ARRAY | TYPE_I18NSTRING => count,
+            _ => return Vec::new(),
+        };
+        let mut out = Vec::new();
+        let mut at = off;
+        for _ in 0..n {
+            let Some(s) = self.data.get(at..) else {
+                return Vec::new();
+            };
+            let Some(end) = s.iter().position(|&c| c == 0) else {
+                return Vec::new();
+            };
+            out.push(String::from_utf8_lossy(&s[..end]).into_owned());
+            at += end + 1;
+        }
+        out
+    }
+
+    pub fn string(&self, tag: u32) -> String {
+        self.strings(tag).into_iter().next().unwrap_or_default()
+    }
+
+    /// The values of an int32 array tag (empty when absent or malformed).
+    pub fn ints(&self, tag: u32) -> Vec<u32> {
+        match self.entry(tag) {
+            Some((TYPE_INT32, off, count)) => (0..count)
+                .map_while(|i| be32(&self.data, off.checked_add(i.checked_mul(4)?)?))
+                .collect(),
+            _ => Vec::new(),
+        }
+    }
+
+    pub fn name(&self) -> String {
+        self.string(TAG_NAME)
+    }
+
+    /// EPOCHNUM:VERSION-RELEASE, as `rpm -q --qf %{EPOCHNUM}:%{VERSION}-%{RELEASE}`.
+    pub fn evr(&self) -> String {
+        format!(
+            "{}:{}-{}",
+            self.ints(TAG_EPOCH).first().copied().unwrap_or(0),
+            self.string(TAG_VERSION),
+            self.string(TAG_RELEASE)
+        )
+    }
+
+    /// VERSION-RELEASE.ARCH (a kernel's KVER).
+    pub fn vra(&self) -> String {
+        format!(
+            "{}-{}.{}",
+            self.string(TAG_VERSION),
+            self.string(TAG_RELEASE),
+            self.string(TAG_ARCH)
+        )
+    }
+
+    /// Every path the package owns, as `rpm -ql` lists them.
+    pub fn files(&self) -> Vec<String> {
+        let base = self.strings(TAG_BASENAMES);
+        if base.is_empty() {
+            return self.strings(TAG_OLDFILENAMES);
+        }
+        let dirs = self.strings(TAG_DIRNAMES);
+        let idx = self.ints(TAG_DIRINDEXES);
+        base.iter()
+            .zip(idx.iter())
+            .filter_map(|(b, &i)| Some(format!("{}{b}", dirs.get(i as usize)?)))
+            .collect()
+    }
 }
 
 const TAG_NAME: u32 = 1000;
@@ -405,5 +608,36 @@ mod tests {
         let mut bad = b.clone();
         bad[8 + 8..8 + 12].copy_from_slice(&1000u32.to_be_bytes());
         assert!(decode_header(&bad).is_err());
+    }
+
+    #[test]
+    fn rpm_header_files() {
+        // BASENAMES ["a", "b"], DIRNAMES ["/x/", "/y/"], DIRINDEXES [1, 0].
+        let data: Vec<u8> = [
+            &b"a\0b\0/x/\0/y/\0"[..],
+            &1u32.to_be_bytes(),
+            &0u32.to_be_bytes(),
+        ]
+        .concat();
+        let mut b = Vec::new();
+        b.extend(4u32.to_be_bytes());
+        b.extend((data.len() as u32).to_be_bytes());
+        for (tag, ty, off, n) in [
+            (TAG_NAME, TYPE_STRING, 0u32, 1u32),
+            (TAG_BASENAMES, TYPE_STRING_ARRAY, 0, 2),
+            (TAG_DIRNAMES, TYPE_STRING_ARRAY, 4, 2),
+            (TAG_DIRINDEXES, TYPE_INT32, 12, 2),
+        ] {
+            for v in [tag, ty, off, n] {
+                b.extend(v.to_be_bytes());
+            }
+        }
+        b.extend(&data);
+        let h = RpmHeader::parse(&b).unwrap();
+        assert_eq!(h.files(), vec!["/y/a".to_string(), "/x/b".to_string()]);
+        // A count larger than the data could hold: the entry is left out.
+        let mut bad = b.clone();
+        bad[8 + 16 + 12..8 + 16 + 16].copy_from_slice(&u32::MAX.to_be_bytes());
+        assert!(RpmHeader::parse(&bad).unwrap().files().is_empty());
     }
 }

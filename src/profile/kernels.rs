@@ -11,10 +11,13 @@
 //! package owns) is swept.
 //!
 //! Planning runs no guest binary for dpkg: it reads `/var/lib/dpkg/status`
-//! and the `.list` files. rpm's database has three on-disk formats (sqlite,
-//! Berkeley DB, ndb) that only the guest's rpm reads soundly, so rpm kernels
-//! are planned by `rpm -q` in the sandbox during a real run, and a dry run
-//! (which runs nothing from the guest) says they are not planned.
+//! and the `.list` files. For rpm it reads `rpmdb.sqlite` (rpm 4.16 and
+//! later; inspect::packages decodes the headers: NAME, EPOCH, VERSION,
+//! RELEASE, ARCH, the file lists, provides and requires), in dry and real
+//! runs alike. The older formats (Berkeley DB, ndb) only the guest's rpm
+//! reads soundly: there rpm kernels are planned by `rpm -q` in the sandbox
+//! during a real run, and a dry run (which runs nothing from the guest)
+//! says they are not planned.
 //!
 //! Removal runs one package-manager call per kernel version, and checks for
 //! Ctrl-C between calls: a call is never interrupted (the sandbox has its
@@ -29,6 +32,7 @@ use super::ctx::{Ctx, MAX_DEPTH, output_tail};
 use super::version;
 use crate::guest::root::{self, GuestRoot, Stat};
 use crate::guest::sandbox::{OUTPUT_CUT, Sandbox};
+use crate::inspect::packages::{self, RpmDb, RpmHeader};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
@@ -378,11 +382,22 @@ fn plan_rpm(ctx: &Ctx, keep: u32) -> Result<KernelPlan, String> {
         plan.note = Some("rpm guest without an rpm binary: kernels left alone".into());
         return Ok(plan);
     }
+    // rpmdb.sqlite is read directly, in dry and real runs alike (so both
+    // choose the same kernels); the guest's rpm only removes them. Other
+    // database formats are planned by the guest's rpm in a real run.
+    let why = match packages::rpm_headers(ctx.root) {
+        RpmDb::Read(_, headers) => {
+            plan_rpm_db(ctx.root, keep, &headers, &mut plan);
+            return Ok(plan);
+        }
+        RpmDb::Unreadable(db, why) => format!("{db}: {why}"),
+        RpmDb::Missing => "no rpm database file found".into(),
+    };
     let Some(sb) = ctx.sandbox else {
-        plan.note = Some(
-            "rpm kernels are not planned without running rpm (a dry run runs no guest binary); a real run asks the guest's rpm"
-                .into(),
-        );
+        plan.note = Some(format!(
+            "rpm kernels are not planned without running rpm (a dry run runs no guest binary, and {}); a real run asks the guest's rpm",
+            crate::text::one_safe_line(&why)
+        ));
         return Ok(plan);
     };
     let (ok, out) = sb
@@ -391,9 +406,9 @@ fn plan_rpm(ctx: &Ctx, keep: u32) -> Result<KernelPlan, String> {
             "-q",
             "--qf",
             "%{NAME}\t%{EPOCHNUM}:%{VERSION}-%{RELEASE}\t%{VERSION}-%{RELEASE}.%{ARCH}\n",
-            "kernel-core",
-            "kernel",
-            "kernel-default",
+            RPM_KERNELS[0],
+            RPM_KERNELS[1],
+            RPM_KERNELS[2],
         ])
         .map_err(|e| format!("rpm query: {e}"))?;
     if !ok && out.trim().is_empty() {
@@ -421,11 +436,7 @@ fn plan_rpm(ctx: &Ctx, keep: u32) -> Result<KernelPlan, String> {
         .into_iter()
         .map(|(k, (evr, p))| (k, evr, p))
         .collect();
-    kernels.sort_by(|a, b| {
-        let (ea, va) = a.1.split_once(':').unwrap_or(("0", &a.1));
-        let (eb, vb) = b.1.split_once(':').unwrap_or(("0", &b.1));
-        version::rpm_cmp(eb, ea).then_with(|| version::rpm_cmp(vb, va))
-    });
+    rpm_sort(&mut kernels);
     let (kept, old) = kernels.split_at((keep as usize).min(kernels.len()));
     plan.keep = kept.iter().flat_map(|k| k.2.clone()).collect();
     // Every kernel* package once; companions (modules, modules-core, ...)
@@ -470,6 +481,181 @@ fn plan_rpm(ctx: &Ctx, keep: u32) -> Result<KernelPlan, String> {
     }
     trees.finish(&mut plan, files);
     Ok(plan)
+}
+
+/// The kernel packages `rpm -q kernel-core kernel kernel-default` names.
+const RPM_KERNELS: [&str; 3] = ["kernel-core", "kernel", "kernel-default"];
+
+/// Newest first: EPOCHNUM, then VERSION-RELEASE, by rpm's comparison.
+fn rpm_sort(kernels: &mut [(String, String, Vec<String>)]) {
+    kernels.sort_by(|a, b| {
+        let (ea, va) = a.1.split_once(':').unwrap_or(("0", &a.1));
+        let (eb, vb) = b.1.split_once(':').unwrap_or(("0", &b.1));
+        version::rpm_cmp(eb, ea).then_with(|| version::rpm_cmp(vb, va))
+    });
+}
+
+const RPMSENSE_LESS: u32 = 2;
+const RPMSENSE_GREATER: u32 = 4;
+const RPMSENSE_EQUAL: u32 = 8;
+
+/// (name, version) pairs of a header's provides, plus its own name.
+fn provides(h: &RpmHeader) -> Vec<(String, String)> {
+    let names = h.strings(packages::TAG_PROVIDENAME);
+    let vers = h.strings(packages::TAG_PROVIDEVERSION);
+    let mut out: Vec<(String, String)> = names
+        .into_iter()
+        .enumerate()
+        .map(|(i, n)| (n, vers.get(i).cloned().unwrap_or_default()))
+        .collect();
+    out.push((h.name(), String::new()));
+    out
+}
+
+fn strip_epoch0(v: &str) -> &str {
+    v.strip_prefix("0:").unwrap_or(v)
+}
+
+/// Does a provide satisfy a requirement? Exact-version requirements
+/// (`= V`) need that version (epoch 0 written or not); any other
+/// requirement is judged by name alone, which keeps more rather than less.
+fn satisfies(p: &(String, String), name: &str, flags: u32, ver: &str) -> bool {
+    if p.0 != name {
+        return false;
+    }
+    let exact = flags & RPMSENSE_EQUAL != 0 && flags & (RPMSENSE_LESS | RPMSENSE_GREATER) == 0;
+    !exact || ver.is_empty() || p.1.is_empty() || strip_epoch0(&p.1) == strip_epoch0(ver)
+}
+
+/// The rpm plan from the headers of rpmdb.sqlite: the same choice the
+/// `rpm -q` queries make, and a kernel that a package which stays requires
+/// (by a name, an exact version, or a file only it provides) is kept, as
+/// for dpkg.
+fn plan_rpm_db(root: &GuestRoot, keep: u32, headers: &[RpmHeader], plan: &mut KernelPlan) {
+    let nevra = |h: &RpmHeader| format!("{}-{}", h.name(), h.vra());
+    let mut by_kver: BTreeMap<String, (String, Vec<String>)> = BTreeMap::new();
+    for name in RPM_KERNELS {
+        for h in headers.iter().filter(|h| h.name() == name) {
+            let kver = h.vra();
+            let e = by_kver.entry(kver.clone()).or_insert((h.evr(), Vec::new()));
+            e.1.push(format!("{name}-{kver}"));
+        }
+    }
+    let mut kernels: Vec<(String, String, Vec<String>)> = by_kver
+        .into_iter()
+        .map(|(k, (evr, p))| (k, evr, p))
+        .collect();
+    if kernels.is_empty() {
+        plan.note = Some("no kernel package installed".into());
+        return;
+    }
+    rpm_sort(&mut kernels);
+    let (kept, old) = kernels.split_at((keep as usize).min(kernels.len()));
+    plan.keep = kept.iter().flat_map(|k| k.2.clone()).collect();
+    // Candidates: every kernel* package whose NEVRA ends in an old KVER.
+    let mut groups: Vec<(String, Vec<String>)> = Vec::new();
+    for (kver, _, pkgs) in old {
+        if !valid_kver(kver) {
+            continue;
+        }
+        let mut names: Vec<String> = headers
+            .iter()
+            .filter(|h| h.name().starts_with("kernel"))
+            .map(nevra)
+            .filter(|n| n.ends_with(kver.as_str()))
+            .collect();
+        names.extend(pkgs.iter().cloned());
+        names.sort();
+        names.dedup();
+        groups.push((kver.clone(), names));
+    }
+    let kver_of: BTreeMap<&str, &str> = groups
+        .iter()
+        .flat_map(|(k, ns)| ns.iter().map(move |n| (n.as_str(), k.as_str())))
+        .collect();
+    let (cands, stays): (Vec<&RpmHeader>, Vec<&RpmHeader>) = headers
+        .iter()
+        .partition(|h| kver_of.contains_key(nevra(h).as_str()));
+    // What the candidates provide (capabilities and files), per KVER.
+    let mut cand_caps: Vec<((String, String), &str)> = Vec::new();
+    let mut cand_files: BTreeMap<String, BTreeSet<&str>> = BTreeMap::new();
+    for h in &cands {
+        let n = nevra(h);
+        let Some(k) = kver_of.get(n.as_str()).copied() else {
+            continue;
+        };
+        cand_caps.extend(provides(h).into_iter().map(|p| (p, k)));
+        for f in h.files() {
+            cand_files.entry(f).or_default().insert(k);
+        }
+    }
+    let stay_caps: Vec<(String, String)> = stays.iter().flat_map(|h| provides(h)).collect();
+    let mut file_reqs: BTreeSet<String> = BTreeSet::new();
+    let mut blocked: BTreeSet<String> = BTreeSet::new();
+    for h in &stays {
+        let names = h.strings(packages::TAG_REQUIRENAME);
+        let flags = h.ints(packages::TAG_REQUIREFLAGS);
+        let vers = h.strings(packages::TAG_REQUIREVERSION);
+        for (i, r) in names.iter().enumerate() {
+            if r.starts_with("rpmlib(") {
+                continue;
+            }
+            if r.starts_with('/') {
+                if cand_files.contains_key(r) {
+                    file_reqs.insert(r.clone());
+                }
+                continue;
+            }
+            let (f, v) = (
+                flags.get(i).copied().unwrap_or(0),
+                vers.get(i).map(String::as_str).unwrap_or(""),
+            );
+            if stay_caps.iter().any(|p| satisfies(p, r, f, v)) {
+                continue;
+            }
+            for (p, k) in &cand_caps {
+                if satisfies(p, r, f, v) {
+                    blocked.insert(k.to_string());
+                }
+            }
+        }
+    }
+    if !file_reqs.is_empty() {
+        let stay_files: BTreeSet<String> = stays
+            .iter()
+            .flat_map(|h| h.files())
+            .filter(|f| file_reqs.contains(f))
+            .collect();
+        for f in file_reqs.difference(&stay_files) {
+            if let Some(ks) = cand_files.get(f) {
+                blocked.extend(ks.iter().map(|k| k.to_string()));
+            }
+        }
+    }
+    if !blocked.is_empty() {
+        plan.note = Some(format!(
+            "kept kernel {} (an installed package requires it)",
+            blocked.iter().cloned().collect::<Vec<_>>().join(", ")
+        ));
+    }
+    let mut files = BTreeMap::new();
+    let mut trees = Trees::default();
+    for (kver, names) in groups {
+        if blocked.contains(&kver) {
+            continue;
+        }
+        for h in cands.iter().filter(|h| names.contains(&nevra(h))) {
+            for l in h.files() {
+                if let Some((p, st)) = packaged_file(root, &l) {
+                    files.insert(p, st);
+                }
+            }
+        }
+        trees.add_version(root, &kver, &["/lib/modules/"]);
+        plan.purge.extend(names.iter().cloned());
+        plan.groups.push((kver, names));
+    }
+    trees.finish(plan, files);
 }
 
 /// Plans the removal of all but the `keep` newest kernels.
