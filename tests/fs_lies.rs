@@ -297,3 +297,226 @@ fn a_partition_over_the_gpt_loses_nothing() {
 fn a_partition_past_the_end_loses_nothing() {
     check_lies("past-end");
 }
+
+/// mtools on `img` (no vfat mount on this kernel).
+fn mtools(tool: &str, img: &Path) -> Command {
+    let mut c = Command::new(tool);
+    c.env("MTOOLS_SKIP_CHECK", "1").arg("-i").arg(img);
+    c
+}
+
+/// A FAT image made by mkfs.vfat with files copied in by mcopy: `/SUB/` holds
+/// `victim.bin` (random bytes, long name), the root holds `KEEP.BIN`, and a
+/// deleted file leaves non-zero free clusters. Returns the file bytes.
+fn fat_image(img: &Path, fat: &str, mib: u64, scratch: &Path) -> Vec<u8> {
+    let f = std::fs::File::create(img).unwrap();
+    f.set_len(mib << 20).unwrap();
+    ok(Command::new("mkfs.vfat").args(["-F", fat]).arg(img));
+    let mut x = 0x9e37_79b9_7f4a_7c15u64 ^ mib;
+    let data: Vec<u8> = (0..(mib << 20) / 8)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect();
+    let src = scratch.join("data.bin");
+    std::fs::write(&src, &data).unwrap();
+    ok(mtools("mcopy", img).arg(&src).arg("::/GONE.BIN"));
+    ok(mtools("mmd", img).arg("::/SUB"));
+    ok(mtools("mcopy", img).arg(&src).arg("::/SUB/victim.bin"));
+    ok(mtools("mcopy", img).arg(&src).arg("::/KEEP.BIN"));
+    ok(mtools("mdel", img).arg("::/GONE.BIN"));
+    data
+}
+
+/// Compacts `img` to qcow2 and expands it with qemu-img; returns the JSON
+/// report and the expanded image.
+fn compact_expand(img: &Path, w: &Path) -> (serde_json::Value, PathBuf) {
+    let q = w.join("out.qcow2");
+    let o = ok(bin()
+        .args(["compact", "--json", "--force", "--format", "raw"])
+        .arg(img)
+        .arg("-o")
+        .arg(&q));
+    ok(Command::new("qemu-img").args(["check", "-q"]).arg(&q));
+    let out = w.join("out.raw");
+    ok(Command::new("qemu-img")
+        .args(["convert", "-O", "raw"])
+        .arg(&q)
+        .arg(&out));
+    (serde_json::from_slice(&o.stdout).unwrap(), out)
+}
+
+/// Where the image's state before the lie is kept.
+fn orig_of(img: &Path) -> PathBuf {
+    img.with_extension("orig")
+}
+
+/// vfat: both FATs edited alike so a file's clusters read free (or its
+/// chain is cut short) while the directory still points at them. The FATs
+/// agree with each other; only the directory walk shows the lie. mtools
+/// reading the expanded output must give the file's bytes back, and the
+/// warning must name fsck.fat; the honest image must still be skipped.
+#[test]
+fn fat_chain_lies_lose_nothing() {
+    let tools = [
+        "mkfs.vfat",
+        "fsck.fat",
+        "mcopy",
+        "mmd",
+        "mdel",
+        "mshowfat",
+        "python3",
+        "qemu-img",
+    ];
+    if let Some(t) = tools.iter().find(|t| !have(t)) {
+        assert!(!in_ci(), "{t} is missing");
+        eprintln!("skipped: {t} is missing");
+        return;
+    }
+    let lie = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/fat-free-lie.py");
+    let mut failures = Vec::new();
+    for (fat, mib, path, extra) in [
+        ("12", 8, "::/SUB/victim.bin", None),
+        ("16", 64, "::/SUB/victim.bin", None),
+        ("32", 64, "::/SUB/victim.bin", None),
+        ("32", 64, "::/KEEP.BIN", Some("--keep-first")),
+        ("16", 64, "::/SUB", None),
+        ("32", 64, "", None),
+    ] {
+        let case = format!("FAT{fat} {mib} MiB, {path} {extra:?}");
+        let work = tempfile::tempdir_in("/var/tmp").unwrap();
+        let w = work.path();
+        let img = w.join("in.raw");
+        let data = fat_image(&img, fat, mib, w);
+        std::fs::copy(&img, orig_of(&img)).unwrap();
+        if !path.is_empty() {
+            ok(Command::new("python3")
+                .arg(&lie)
+                .arg(&img)
+                .arg(path)
+                .args(extra));
+        }
+        let (report, out) = compact_expand(&img, w);
+        let fs = &report["filesystems"][0];
+        let warning = fs["warning"].as_str().unwrap_or("").to_string();
+        if path.is_empty() {
+            // The honest control: its deleted file's clusters are skipped.
+            if fs["fs_aware"] != true || fs["skipped_bytes"].as_u64().unwrap_or(0) == 0 {
+                failures.push(format!("{case}: the honest FAT was not skipped: {fs}"));
+            }
+            let o = run(Command::new("fsck.fat").arg("-n").arg(&out));
+            if !o.status.success() {
+                failures.push(format!("{case}: fsck.fat -n on the output failed"));
+            }
+        } else if !warning.contains("fsck.fat") || fs["skipped_bytes"] != 0 {
+            failures.push(format!(
+                "{case}: no copy-whole warning naming fsck.fat: {fs}"
+            ));
+        }
+        // Undo the lie in the output (every byte the edit changed gets its
+        // value from before the edit): if vmfinal kept the clusters, fsck.fat
+        // finds the output clean and mtools reads the files back whole.
+        let before = std::fs::read(orig_of(&img)).unwrap();
+        let lied = std::fs::read(&img).unwrap();
+        let mut fixed = std::fs::read(&out).unwrap();
+        for (k, b) in fixed.iter_mut().enumerate() {
+            if lied[k] != before[k] {
+                *b = before[k];
+            }
+        }
+        std::fs::write(&out, &fixed).unwrap();
+        let o = run(Command::new("fsck.fat").arg("-n").arg(&out));
+        if !o.status.success() {
+            failures.push(format!(
+                "{case}: fsck.fat -n on the output with the lie undone: {}",
+                String::from_utf8_lossy(&o.stdout)
+            ));
+        }
+        for file in ["::/SUB/victim.bin", "::/KEEP.BIN"] {
+            let dst = w.join("got.bin");
+            let _ = std::fs::remove_file(&dst);
+            let o = run(mtools("mcopy", &out).arg(file).arg(&dst));
+            if !o.status.success() || std::fs::read(&dst).ok().as_ref() != Some(&data) {
+                failures.push(format!("{case}: {file} lost in the output"));
+            }
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// btrfs inside a data chunk: a data extent's EXTENT_ITEM shrunk and its
+/// block group's `used` lowered to match (scripts/btrfs-extent-lie.py, CRC
+/// fixed), so the extent tree adds up but calls the extent's tail free; the
+/// checksum tree still covers it. Built by `mkfs.btrfs --rootdir` (no
+/// mount), judged by `btrfs restore` of the expanded output (no mount) and
+/// `cmp`; the honest image must stay clean (`btrfs check --readonly`) and
+/// skipped.
+#[test]
+fn btrfs_extent_tree_lie_loses_nothing() {
+    let tools = ["mkfs.btrfs", "btrfs", "python3", "qemu-img"];
+    if let Some(t) = tools.iter().find(|t| !have(t)) {
+        assert!(!in_ci(), "{t} is missing");
+        eprintln!("skipped: {t} is missing");
+        return;
+    }
+    let lie = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/btrfs-extent-lie.py");
+    let mut failures = Vec::new();
+    for lying in [true, false] {
+        let work = tempfile::tempdir_in("/var/tmp").unwrap();
+        let w = work.path();
+        let root = w.join("root");
+        std::fs::create_dir(&root).unwrap();
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        let data: Vec<u8> = (0..3_000_000)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                (x >> 24) as u8
+            })
+            .collect();
+        std::fs::write(root.join("victim.bin"), &data).unwrap();
+        let img = w.join("in.raw");
+        std::fs::File::create(&img)
+            .unwrap()
+            .set_len(256 << 20)
+            .unwrap();
+        ok(Command::new("mkfs.btrfs")
+            .args(["-q", "-f", "-r"])
+            .arg(&root)
+            .arg(&img));
+        if lying {
+            ok(Command::new("python3").arg(&lie).arg(&img));
+        }
+        let (report, out) = compact_expand(&img, w);
+        let fs = &report["filesystems"][0];
+        let warning = fs["warning"].as_str().unwrap_or("");
+        if lying && !(warning.contains("checksum") && fs["skipped_bytes"] == 0) {
+            failures.push(format!("lie: not copied whole with a warning: {fs}"));
+        }
+        if !lying {
+            if !warning.is_empty() || fs["skipped_bytes"].as_u64().unwrap_or(0) == 0 {
+                failures.push(format!("honest: not skipped: {fs}"));
+            }
+            let o = run(Command::new("btrfs")
+                .args(["check", "--readonly"])
+                .arg(&out));
+            if !o.status.success() {
+                failures.push("honest: btrfs check --readonly of the output failed".into());
+            }
+        }
+        let rest = w.join("restored");
+        std::fs::create_dir(&rest).unwrap();
+        run(Command::new("btrfs").arg("restore").arg(&out).arg(&rest));
+        if std::fs::read(rest.join("victim.bin")).ok() != Some(data) {
+            failures.push(format!(
+                "{}: victim.bin restored from the output differs",
+                if lying { "lie" } else { "honest" }
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}

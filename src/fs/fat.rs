@@ -41,6 +41,11 @@ struct Bpb {
     kind: Kind,
     state: u8,
     label: String,
+    /// FAT12/16: byte offset and entries of the fixed root directory.
+    root_at: u64,
+    root_entries: u64,
+    /// FAT32: the root directory's first cluster.
+    root_cluster: u32,
 }
 
 fn parse_bpb(b: &[u8]) -> Option<Bpb> {
@@ -104,6 +109,9 @@ fn parse_bpb(b: &[u8]) -> Option<Bpb> {
         } else {
             label
         },
+        root_at: (reserved + fats * fat_size) * bps,
+        root_entries,
+        root_cluster: le32(b, 44),
     })
 }
 
@@ -228,7 +236,198 @@ pub fn free_space(r: &Region) -> Result<FsFree, FsError> {
         push_run(&bpb, &mut out, s, n);
     }
     out.free_bytes = free * bpb.cluster;
+    // The second source: every cluster a file or directory holds.
+    Walk::new(r, &bpb, fat_at(0), fat_bytes)
+        .run()
+        .map_err(|why| {
+            FsError::unclean(
+                NAME,
+                format!(
+                    "{why}: the filesystem is inconsistent, copied whole; check it with `fsck.fat -n` before compacting (its repair would cut that file short: copy the file out first)"
+                ),
+            )
+        })?;
     Ok(out)
+}
+
+/// Walks the directory tree from the root and every entry's cluster chain,
+/// as fsck.fat does, marking each cluster; a chain that reaches a cluster
+/// the FAT calls free, leaves the data area, loops or crosses another
+/// chain, or is shorter than its file, means the FAT cannot be trusted.
+/// Bounded: every cluster is visited at most once, directories included.
+struct Walk<'a, 'r> {
+    r: &'a Region<'r>,
+    bpb: &'a Bpb,
+    fat_off: u64,
+    fat_bytes: u64,
+    /// The FAT window last read: first entry and its bytes.
+    win: Option<(u64, Vec<u8>)>,
+    seen: Vec<u64>,
+}
+
+impl<'a, 'r> Walk<'a, 'r> {
+    fn new(r: &'a Region<'r>, bpb: &'a Bpb, fat_off: u64, fat_bytes: u64) -> Self {
+        let n = bpb.clusters + 2;
+        Self {
+            r,
+            bpb,
+            fat_off,
+            fat_bytes,
+            win: None,
+            seen: vec![0; n.div_ceil(64) as usize],
+        }
+    }
+
+    /// FAT entry of cluster `c` (< clusters + 2), through a window of
+    /// whole entries.
+    fn fat(&mut self, c: u64) -> Result<u32, String> {
+        const PER: u64 = CHUNK / 12 * 8;
+        let first = c / PER * PER;
+        if self.win.as_ref().is_none_or(|w| w.0 != first) {
+            let eb = |e: u64| match self.bpb.kind {
+                Kind::Fat12 => e * 3 / 2,
+                Kind::Fat16 => e * 2,
+                Kind::Fat32 => e * 4,
+            };
+            let off = eb(first);
+            let end = (eb(first + PER) + 1).min(self.fat_bytes);
+            let b = self
+                .r
+                .read(self.fat_off + off, (end - off) as usize)
+                .map_err(|e| e.msg)?;
+            self.win = Some((first, b));
+        }
+        let w = self.win.as_ref().ok_or("no FAT window")?;
+        let i = c - w.0;
+        let need = match self.bpb.kind {
+            Kind::Fat12 => i * 3 / 2 + 2,
+            Kind::Fat16 => i * 2 + 2,
+            Kind::Fat32 => i * 4 + 4,
+        };
+        if need > w.1.len() as u64 {
+            return Err(format!("cluster {c} has no FAT entry"));
+        }
+        Ok(entry(self.bpb.kind, &w.1, i))
+    }
+
+    /// The clusters of the chain from `start`, each marked; `what` names
+    /// the owner in errors.
+    fn chain(&mut self, start: u32, what: &str) -> Result<Vec<u64>, String> {
+        let n = self.bpb.clusters + 2;
+        let eoc = match self.bpb.kind {
+            Kind::Fat12 => 0xFF8,
+            Kind::Fat16 => 0xFFF8,
+            Kind::Fat32 => 0x0FFF_FFF8,
+        };
+        let mut out = Vec::new();
+        let mut c = start as u64;
+        loop {
+            if c < 2 || c >= n {
+                return Err(format!(
+                    "the cluster chain of {what} leaves the data area (cluster {c})"
+                ));
+            }
+            let (w, bit) = ((c / 64) as usize, 1u64 << (c % 64));
+            if self.seen[w] & bit != 0 {
+                return Err(format!(
+                    "the cluster chain of {what} loops or crosses another chain at cluster {c}"
+                ));
+            }
+            self.seen[w] |= bit;
+            let e = self.fat(c)?;
+            if e == 0 {
+                return Err(format!(
+                    "{what} holds cluster {c}, which the FAT calls free"
+                ));
+            }
+            out.push(c);
+            if e >= eoc {
+                return Ok(out);
+            }
+            c = e as u64;
+        }
+    }
+
+    fn run(&mut self) -> Result<(), String> {
+        let bpb = self.bpb;
+        // Directories still to read: their clusters (None: the FAT12/16
+        // fixed root) and their path. Each cluster is read when its turn
+        // comes, so memory is one cluster plus the chains' cluster lists.
+        let mut todo: Vec<(Option<Vec<u64>>, String)> = Vec::new();
+        if bpb.kind == Kind::Fat32 {
+            let cl = self.chain(bpb.root_cluster, "the root directory")?;
+            todo.push((Some(cl), String::new()));
+        } else {
+            todo.push((None, String::new()));
+        }
+        while let Some((cl, path)) = todo.pop() {
+            match cl {
+                None => {
+                    let len = bpb.root_entries * 32;
+                    let b = self.r.read(bpb.root_at, len as usize).map_err(|e| e.msg)?;
+                    self.entries(&b, &path, &mut todo)?;
+                }
+                Some(cl) => {
+                    for c in cl {
+                        let at = bpb.data_start * bpb.bps + (c - 2) * bpb.cluster;
+                        let b = self.r.read(at, bpb.cluster as usize).map_err(|e| e.msg)?;
+                        self.entries(&b, &path, &mut todo)?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Follows the chain of every entry in `dir` (a piece of the directory
+    /// at `path`); subdirectories go on `todo`.
+    fn entries(
+        &mut self,
+        dir: &[u8],
+        path: &str,
+        todo: &mut Vec<(Option<Vec<u64>>, String)>,
+    ) -> Result<(), String> {
+        let bpb = self.bpb;
+        for e in dir.chunks_exact(32) {
+            let attr = e[11];
+            // Free or deleted entries (a 0x00 entry is skipped, not taken as
+            // the end: Linux reads on past it), long-name pieces, the label.
+            if e[0] == 0 || e[0] == 0xE5 || attr & 0x3F == 0x0F || attr & 0x08 != 0 {
+                continue;
+            }
+            let name = &e[0..11];
+            if name == b".          " || name == b"..         " {
+                continue;
+            }
+            let hi = if bpb.kind == Kind::Fat32 {
+                le16(e, 20) as u32
+            } else {
+                0
+            };
+            let start = (hi << 16) | le16(e, 26) as u32;
+            let size = le32(e, 28) as u64;
+            let what = format!(
+                "{path}/{}",
+                String::from_utf8_lossy(name).trim_end().escape_default()
+            );
+            if start == 0 {
+                if attr & 0x10 == 0 && size > 0 {
+                    return Err(format!("{what} has {size} bytes but no clusters"));
+                }
+                continue;
+            }
+            let cl = self.chain(start, &what)?;
+            if attr & 0x10 != 0 {
+                todo.push((Some(cl), what));
+            } else if (cl.len() as u64) < size.div_ceil(bpb.cluster) {
+                return Err(format!(
+                    "the cluster chain of {what} ({} clusters) is shorter than its {size} bytes",
+                    cl.len()
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 fn push_run(bpb: &Bpb, out: &mut FsFree, first: u64, end: u64) {
@@ -313,6 +512,56 @@ mod tests {
         let mut bad = img.clone();
         bad[32..36].copy_from_slice(&u32::MAX.to_le_bytes());
         assert!(free_of(&bad).is_err());
+    }
+
+    #[test]
+    fn chains_that_loop_cross_or_leave_are_refused() {
+        let img = mkfs(&["-F", "16"], 32);
+        let reserved = le16(&img, 14) as usize;
+        let fat_size = le16(&img, 22) as usize;
+        let root = (reserved + 2 * fat_size) * 512;
+        // Root entries 1 and 2 (after the label slot): files A and B.
+        let file = |img: &mut Vec<u8>, slot: usize, name: &[u8; 11], start: u16, size: u32| {
+            let e = root + slot * 32;
+            img[e..e + 11].copy_from_slice(name);
+            img[e + 11] = 0x20;
+            img[e + 26..e + 28].copy_from_slice(&start.to_le_bytes());
+            img[e + 28..e + 32].copy_from_slice(&size.to_le_bytes());
+        };
+        let set = |img: &mut Vec<u8>, c: usize, v: u16| {
+            for k in 0..2 {
+                let at = (reserved + k * fat_size) * 512 + 2 * c;
+                img[at..at + 2].copy_from_slice(&v.to_le_bytes());
+            }
+        };
+        let why = |img: &Vec<u8>| free_of(img).map(|_| ()).unwrap_err().msg;
+        // An honest file of two clusters passes.
+        let mut ok = img.clone();
+        file(&mut ok, 1, b"A       BIN", 2, 3000);
+        set(&mut ok, 2, 3);
+        set(&mut ok, 3, 0xFFFF);
+        assert!(free_of(&ok).is_ok());
+        // Shorter than its size.
+        let mut bad = ok.clone();
+        file(&mut bad, 1, b"A       BIN", 2, 300_000);
+        assert!(why(&bad).contains("shorter"), "{}", why(&bad));
+        // A loop.
+        let mut bad = ok.clone();
+        set(&mut bad, 3, 2);
+        assert!(why(&bad).contains("loops"), "{}", why(&bad));
+        // A cross-link.
+        let mut bad = ok.clone();
+        file(&mut bad, 2, b"B       BIN", 3, 100);
+        assert!(why(&bad).contains("crosses"), "{}", why(&bad));
+        // Out of the data area.
+        let mut bad = ok.clone();
+        set(&mut bad, 3, 0xFFF0);
+        assert!(why(&bad).contains("leaves"), "{}", why(&bad));
+        // Into free space.
+        let mut bad = ok.clone();
+        set(&mut bad, 3, 0);
+        assert!(why(&bad).contains("calls free"), "{}", why(&bad));
+        assert!(why(&bad).contains("fsck.fat"));
     }
 
     #[test]

@@ -2,6 +2,8 @@
 //! range minus the extents the extent tree records in it. Second source:
 //! those extents must add up to the block group item's `used` bytes. Only
 //! pure data block groups (not metadata, system or mixed) are read.
+//! Third source: no data checksum (the checksum tree's items, `csums`,
+//! logical ranges) may lie in space the extent tree calls free.
 //! Refused (nothing inside chunks skipped): a balance in progress.
 
 use super::tree::{self, Chunk, Expect, Key, ReadBlock};
@@ -22,6 +24,7 @@ pub fn data_free(
     e: &Expect,
     chunks: &[Chunk],
     devid: u64,
+    csums: &[Extent],
     read: &mut ReadBlock,
 ) -> Result<Vec<Extent>, String> {
     let mut groups: Vec<(u64, u64, u64)> = Vec::new(); // (start, length, used)
@@ -76,6 +79,12 @@ pub fn data_free(
             return Err(format!("block group at {start}: extents overlap"));
         }
         for f in extent::subtract(&[Extent::new(start, len)], &inside) {
+            if let Some(c) = extent::clip(csums, f.start, f.end()).first() {
+                return Err(format!(
+                    "block group at {start}: the checksum tree holds checksums of data at {} (+{}) that the extent tree calls free",
+                    c.start, c.len
+                ));
+            }
             for &(d, phys) in &chunk.stripes {
                 if d == devid {
                     out.push(Extent::new(phys + (f.start - start), f.len));

@@ -39,6 +39,9 @@ const SYS_ARRAY_MAX: usize = 2048;
 const ROOT_TREE_EXTENT: u64 = 2;
 const ROOT_TREE_DEV: u64 = 4;
 const ROOT_TREE_BLOCK_GROUP: u64 = 11;
+const ROOT_TREE_CSUM: u64 = 7;
+const EXTENT_CSUM_OBJECTID: u64 = (-10i64) as u64;
+const EXTENT_CSUM_KEY: u8 = 128;
 /// The root tree's balance item (objectid -4, temporary item key).
 const BALANCE_OBJECTID: u64 = (-4i64) as u64;
 const TEMPORARY_ITEM_KEY: u8 = 248;
@@ -288,12 +291,31 @@ pub fn free_space(r: &Region) -> Result<FsFree, FsError> {
     } else {
         None
     };
+    // A third record of data in use: the checksum tree's crc32c items
+    // (one 4-byte checksum per sector of every extent written with
+    // checksums; nodatasum files have none).
+    let mut csums = Vec::new();
+    if let Some((at, level)) = root_of(ROOT_TREE_CSUM) {
+        tree::walk(at, level, &e, &mut read_with(&chunks), &mut |k, d| {
+            if k.objectid == EXTENT_CSUM_OBJECTID && k.kind == EXTENT_CSUM_KEY {
+                let len = (d.len() as u64 / 4)
+                    .checked_mul(sectorsize)
+                    .filter(|l| k.offset.checked_add(*l).is_some())
+                    .ok_or("checksum item overflows")?;
+                csums.push(Extent::new(k.offset, len));
+            }
+            Ok(())
+        })
+        .map_err(|m| corrupt(format!("checksum tree: {m}")))?;
+    }
+    let csums = extent::normalize(csums);
     let in_data = extents::data_free(
         extent_root,
         bg_root,
         &e,
         &chunks,
         devid,
+        &csums,
         &mut read_with(&chunks),
     )
     .map_err(corrupt)?;
