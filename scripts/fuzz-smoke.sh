@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# A short run of every fuzz target (default 60 s each), as .ci/run does:
+# A short run of every fuzz target in fuzz/Cargo.toml (13; default 60 s
+# each, so about 13 minutes plus the build), as .ci/run does:
 # builds them with cargo-fuzz on the nightly toolchain (installing
 # cargo-fuzz if missing), seeds each from fuzz/corpus/TARGET (committed;
 # fuzz/make-corpus.sh rebuilds it from real images) and fails on the first

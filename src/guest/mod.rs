@@ -306,16 +306,16 @@ fn looks_like_root(dir: &Path) -> bool {
 
 /// One fstab line we act on.
 #[derive(Debug, Clone)]
-struct FstabEntry {
-    spec: String,
-    mountpoint: String,
-    fstype: String,
-    options: String,
+pub struct FstabEntry {
+    pub spec: String,
+    pub mountpoint: String,
+    pub fstype: String,
+    pub options: String,
 }
 
 impl FstabEntry {
     /// Swap, pseudo, network and bind mounts: nothing vmfinal mounts.
-    fn is_net_or_virtual(&self) -> bool {
+    pub fn is_net_or_virtual(&self) -> bool {
         matches!(
             self.fstype.as_str(),
             "swap"
@@ -344,7 +344,9 @@ impl FstabEntry {
     }
 }
 
-fn parse_fstab(text: &str) -> Vec<FstabEntry> {
+/// The guest's `/etc/fstab` text (guest bytes, read lossily as UTF-8):
+/// one entry per line with at least three fields; comments dropped.
+pub fn parse_fstab(text: &str) -> Vec<FstabEntry> {
     text.lines()
         .map(|l| l.split('#').next().unwrap_or("").trim())
         .filter(|l| !l.is_empty())
