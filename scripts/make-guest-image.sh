@@ -24,10 +24,14 @@ root_uuid=11111111-2222-4333-8444-555555555501
 boot_uuid=11111111-2222-4333-8444-555555555502
 swap_uuid=11111111-2222-4333-8444-555555555503
 mkdir -p "$work/root/etc"
+# GUEST_BOOT_MOUNTPOINT: where fstab mounts the first filesystem (default
+# /boot; a nested one such as /srv/data for tests of nested mount points).
+boot_mp=${GUEST_BOOT_MOUNTPOINT:-/boot}
+mkdir -p "$work/root$boot_mp"
 cat > "$work/root/etc/fstab" <<FSTAB
 # <file system> <mount point> <type> <options> <dump> <pass>
 UUID=$root_uuid / ext4 errors=remount-ro 0 1
-UUID=$boot_uuid /boot ext4 defaults 0 2
+UUID=$boot_uuid $boot_mp ext4 defaults 0 2
 UUID=$swap_uuid none swap sw 0 0
 tmpfs /run tmpfs defaults 0 0
 FSTAB

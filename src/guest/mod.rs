@@ -174,6 +174,13 @@ pub struct Guest {
     /// The FUSE views of LVs in scattered segments, by index into
     /// `volumes`: their loop devices are over these files.
     views: Vec<(usize, lvfile::Served)>,
+    /// Each non-root mount's root directory, opened right after it was
+    /// mounted (before any guest code ran): later host-side work on a
+    /// mount (syncfs, statvfs, reclaim) goes through these descriptors, so
+    /// a guest that renames a mount point's ancestor and puts a symlink in
+    /// its place cannot steer it to a host path. Dropped before unmounting
+    /// (a descriptor keeps its mount busy).
+    mount_roots: Vec<(String, std::os::fd::OwnedFd)>,
     image: PathBuf,
     read_only: bool,
     pub root: GuestRoot,
@@ -461,6 +468,7 @@ impl Guest {
             devpath,
             loops: Vec::new(),
             views,
+            mount_roots: Vec::new(),
             image: image.to_path_buf(),
             read_only,
             root: GuestRoot::open(dir)?,
@@ -647,6 +655,17 @@ impl Guest {
                 self.warnings.extend(w);
                 self.push_mounted(&e.mountpoint, &v, vi, kind);
                 self.mounts.push(m);
+                // The same walk again, now ending on the new mount's root.
+                let root = root::openat2(
+                    self.root.fd(),
+                    e.mountpoint.trim_start_matches('/').as_bytes(),
+                    libc::O_PATH | libc::O_DIRECTORY,
+                    libc::RESOLVE_IN_ROOT | libc::RESOLVE_NO_SYMLINKS | libc::RESOLVE_NO_MAGICLINKS,
+                )
+                .map_err(|err| {
+                    anyhow::anyhow!("{}: cannot open the new mount: {err}", shown.display())
+                })?;
+                self.mount_roots.push((e.mountpoint.clone(), root));
                 Ok(())
             }
             Err(err) => {
@@ -730,9 +749,14 @@ impl Guest {
         Ok(())
     }
 
-    /// Host path of a guest mount point.
+    /// Host path of a guest mount point: the guest root's directory for
+    /// `/`, else `/proc/self/fd/N` of the descriptor opened when it was
+    /// mounted (see `mount_roots`; the last mount on a mount point wins).
     pub fn host_path(&self, mountpoint: &str) -> PathBuf {
-        self.dir.join(mountpoint.trim_start_matches('/'))
+        match self.mount_roots.iter().rev().find(|(m, _)| m == mountpoint) {
+            Some((_, fd)) => fd_path(fd),
+            None => self.dir.join(mountpoint.trim_start_matches('/')),
+        }
     }
 
     /// Loop devices with their filesystem's UUID (for the sandbox's /dev),
@@ -765,11 +789,45 @@ impl Guest {
     /// errors are warnings (a write an LV view failed among them).
     pub fn unmount(&mut self) -> Vec<String> {
         let mut errs = Vec::new();
+        // A mount whose host path no longer leads to it (guest code renamed
+        // an ancestor of its mount point, maybe with a symlink in its
+        // place) is synced and detached through the descriptor opened when
+        // it was mounted, never by that path.
+        let mut moved: Vec<PathBuf> = Vec::new();
+        for (mp, fd) in std::mem::take(&mut self.mount_roots).into_iter().rev() {
+            let at = fd_path(&fd);
+            mount::syncfs(&at);
+            let here = root::openat2(
+                self.root.fd(),
+                mp.trim_start_matches('/').as_bytes(),
+                libc::O_PATH | libc::O_DIRECTORY,
+                libc::RESOLVE_IN_ROOT | libc::RESOLVE_NO_SYMLINKS | libc::RESOLVE_NO_MAGICLINKS,
+            );
+            let same = |a: &std::os::fd::OwnedFd| {
+                matches!((rustix::fs::fstat(a), rustix::fs::fstat(&fd)),
+                    (Ok(x), Ok(y)) if x.st_dev == y.st_dev && x.st_ino == y.st_ino)
+            };
+            if here.as_ref().is_ok_and(same) {
+                continue;
+            }
+            let shown = self.dir.join(mp.trim_start_matches('/'));
+            match mount::detach_at(&at) {
+                Ok(()) => moved.push(shown),
+                Err(e) => errs.push(format!(
+                    "unmount {} (moved by the guest): {e}",
+                    shown.display()
+                )),
+            }
+        }
         // Our descriptor of the guest root would keep it busy.
         if let Some(Ok(r)) = self.dir.parent().map(GuestRoot::open) {
             self.root = r;
         }
         while let Some(mut m) = self.mounts.pop() {
+            if moved.iter().any(|p| p == m.target()) {
+                m.forget();
+                continue;
+            }
             mount::syncfs(m.target());
             if let Err(e) = m.unmount() {
                 errs.push(format!("unmount {}: {e}", m.target().display()));

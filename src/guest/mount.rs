@@ -114,6 +114,11 @@ impl Mount {
         &self.target
     }
 
+    /// The mount was taken down another way (see `detach_at`).
+    pub fn forget(&mut self) {
+        self.active = false;
+    }
+
     /// Unmounts now; a busy filesystem is retried, then detached lazily.
     pub fn unmount(&mut self) -> io::Result<()> {
         if !self.active {
@@ -142,6 +147,18 @@ impl Mount {
     }
 }
 
+/// Detaches the mount whose root `at` (a `/proc/self/fd/N` path) names,
+/// lazily: the filesystem goes when the caller closes that descriptor.
+pub fn detach_at(at: &Path) -> io::Result<()> {
+    let t = cstr(at.as_os_str().as_bytes())?;
+    // SAFETY: valid C string.
+    if unsafe { libc::umount2(t.as_ptr(), libc::MNT_DETACH) } == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
 impl Drop for Mount {
     fn drop(&mut self) {
         let _ = self.unmount();
@@ -150,7 +167,14 @@ impl Drop for Mount {
 
 /// `syncfs` on a mounted directory.
 pub fn syncfs(dir: &Path) {
-    if let Ok(f) = std::fs::File::open(dir) {
+    use std::os::unix::fs::OpenOptionsExt;
+    // A directory only, and never waiting on what a path may end in (a
+    // FIFO, a device).
+    if let Ok(f) = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY | libc::O_NONBLOCK)
+        .open(dir)
+    {
         use std::os::fd::AsRawFd;
         // SAFETY: valid descriptor.
         unsafe { libc::syncfs(f.as_raw_fd()) };
@@ -181,7 +205,12 @@ const XFS_IOC_FREE_EOFBLOCKS: libc::c_ulong = 0x8080_583A;
 /// docs/json.md says.
 pub fn xfs_settle(dir: &Path) {
     use std::os::fd::AsRawFd;
-    let Ok(f) = std::fs::File::open(dir) else {
+    use std::os::unix::fs::OpenOptionsExt;
+    let Ok(f) = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY | libc::O_NONBLOCK)
+        .open(dir)
+    else {
         return;
     };
     let mut e = XfsEofblocks {
