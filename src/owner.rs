@@ -108,10 +108,20 @@ pub fn hold(f: &std::fs::File) -> std::io::Result<()> {
         .map_err(std::io::Error::from)
 }
 
-/// Is the file at `p` held by a live run (see `hold`)? A file that cannot
-/// be opened counts as in use (it is left alone).
+/// Is the file at `p` held by a live run (see `hold`)? Anything but a
+/// regular file, and a file that cannot be opened, counts as in use (it is
+/// left alone): a sweep never follows a symlink or waits on a FIFO that
+/// someone put where a dead run's file was.
 pub fn in_use(p: &std::path::Path) -> bool {
-    let Ok(f) = std::fs::File::open(p) else {
+    use std::os::unix::fs::OpenOptionsExt;
+    if !std::fs::symlink_metadata(p).is_ok_and(|m| m.file_type().is_file()) {
+        return true;
+    }
+    let Ok(f) = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(p)
+    else {
         return true;
     };
     match rustix::fs::flock(&f, rustix::fs::FlockOperation::NonBlockingLockExclusive) {

@@ -34,8 +34,25 @@ impl State {
         std::fs::create_dir_all(STATE_DIR)
             .map_err(|e| anyhow::anyhow!("cannot create {STATE_DIR}: {e}"))?;
         let pid = std::process::id();
+        let path = Path::new(STATE_DIR).join(format!("{pid}.json"));
+        // Names here are by PID: a live run with our PID in another PID
+        // namespace that shares this /run owns them; never take them over.
+        if let Some(other) = std::fs::read(&path)
+            .ok()
+            .and_then(|b| serde_json::from_slice::<StateData>(&b).ok())
+            .and_then(|d| d.owner)
+            .and_then(|t| crate::owner::parse(&t))
+        {
+            let me = crate::owner::parse(&crate::owner::me());
+            if Some(other) != me && crate::owner::alive(other) {
+                anyhow::bail!(
+                    "{} belongs to a live vmfinal with the same PID in another PID namespace; give each namespace its own {STATE_DIR}",
+                    path.display()
+                );
+            }
+        }
         let s = Self {
-            path: Path::new(STATE_DIR).join(format!("{pid}.json")),
+            path,
             data: StateData {
                 pid,
                 owner: Some(crate::owner::me()),

@@ -458,7 +458,7 @@ fn plan_rpm(ctx: &Ctx, keep: u32) -> Result<KernelPlan, String> {
         }
         let mut names: Vec<String> = all
             .lines()
-            .filter(|l| l.ends_with(kver.as_str()))
+            .filter(|l| l.ends_with(&format!("-{kver}")))
             .map(str::to_string)
             .collect();
         names.extend(pkgs.iter().cloned());
@@ -562,7 +562,7 @@ fn plan_rpm_db(root: &GuestRoot, keep: u32, headers: &[RpmHeader], plan: &mut Ke
             .iter()
             .filter(|h| h.name().starts_with("kernel"))
             .map(nevra)
-            .filter(|n| n.ends_with(kver.as_str()))
+            .filter(|n| n.ends_with(&format!("-{kver}")))
             .collect();
         names.extend(pkgs.iter().cloned());
         names.sort();
