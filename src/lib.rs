@@ -21,6 +21,7 @@ pub mod interrupt;
 pub mod output;
 pub mod owner;
 pub mod pipeline;
+pub mod pkgdb;
 pub mod profile;
 pub mod progress;
 pub mod reclaim;

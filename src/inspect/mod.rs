@@ -9,7 +9,7 @@
 
 pub mod extents;
 pub mod html;
-pub mod packages;
+use crate::pkgdb as packages;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::os::fd::{AsRawFd, OwnedFd};

@@ -12,7 +12,7 @@
 //!
 //! Planning runs no guest binary for dpkg: it reads `/var/lib/dpkg/status`
 //! and the `.list` files. For rpm it reads `rpmdb.sqlite` (rpm 4.16 and
-//! later; inspect::packages decodes the headers: NAME, EPOCH, VERSION,
+//! later; crate::pkgdb decodes the headers: NAME, EPOCH, VERSION,
 //! RELEASE, ARCH, the file lists, provides and requires), in dry and real
 //! runs alike. The older formats (Berkeley DB, ndb) only the guest's rpm
 //! reads soundly: there rpm kernels are planned by `rpm -q` in the sandbox
@@ -32,7 +32,7 @@ use super::ctx::{Ctx, MAX_DEPTH, output_tail};
 use super::version;
 use crate::guest::root::{self, GuestRoot, Stat};
 use crate::guest::sandbox::{OUTPUT_CUT, Sandbox};
-use crate::inspect::packages::{self, RpmDb, RpmHeader};
+use crate::pkgdb::{self as packages, RpmDb, RpmHeader};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
