@@ -182,10 +182,7 @@ pub fn parse_apk_installed(text: &str) -> Vec<Package> {
 fn read_rpm(root: &GuestRoot) -> Vec<PackageDb> {
     let mut out = Vec::new();
     let mut seen = Vec::new();
-    for db in [
-        "/usr/lib/sysimage/rpm/rpmdb.sqlite",
-        "/var/lib/rpm/rpmdb.sqlite",
-    ] {
+    for db in RPM_SQLITE {
         let Ok(fd) = root.open_at(
             db.as_bytes(),
             libc::O_RDONLY | libc::O_NOCTTY | libc::O_NONBLOCK,
@@ -223,20 +220,8 @@ fn read_rpm(root: &GuestRoot) -> Vec<PackageDb> {
         });
     }
     if out.is_empty() {
-        for (db, kind) in [
-            (
-                "/var/lib/rpm/Packages",
-                "a BerkeleyDB rpm database (rpm before 4.16)",
-            ),
-            ("/var/lib/rpm/Packages.db", "an ndb rpm database (SUSE)"),
-        ] {
-            if root.exists(db) {
-                out.push(PackageDb::unreadable(
-                    "rpm",
-                    db,
-                    format!("{kind}: vmfinal reads only rpmdb.sqlite (rpm 4.16 and later)"),
-                ));
-            }
+        for (db, why) in older_rpm_dbs(root) {
+            out.push(PackageDb::unreadable("rpm", db, why));
         }
     }
     out
@@ -294,10 +279,7 @@ pub enum RpmDb {
 
 /// Reads the guest's rpmdb.sqlite whole, as headers (no guest binary runs).
 pub fn rpm_headers(root: &GuestRoot) -> RpmDb {
-    for db in [
-        "/usr/lib/sysimage/rpm/rpmdb.sqlite",
-        "/var/lib/rpm/rpmdb.sqlite",
-    ] {
+    for db in RPM_SQLITE {
         let Ok(fd) = root.open_at(
             db.as_bytes(),
             libc::O_RDONLY | libc::O_NOCTTY | libc::O_NONBLOCK,
@@ -322,21 +304,36 @@ pub fn rpm_headers(root: &GuestRoot) -> RpmDb {
             Err(e) => RpmDb::Unreadable(db.into(), e),
         };
     }
-    for (db, kind) in [
+    match older_rpm_dbs(root).next() {
+        Some((db, why)) => RpmDb::Unreadable(db.into(), why),
+        None => RpmDb::Missing,
+    }
+}
+
+/// Where rpm 4.16 and later keeps its database, in the order rpm looks.
+const RPM_SQLITE: [&str; 2] = [
+    "/usr/lib/sysimage/rpm/rpmdb.sqlite",
+    "/var/lib/rpm/rpmdb.sqlite",
+];
+
+/// The older rpm databases present in the guest, each with why vmfinal
+/// does not read it.
+fn older_rpm_dbs(root: &GuestRoot) -> impl Iterator<Item = (&'static str, String)> + '_ {
+    [
         (
             "/var/lib/rpm/Packages",
             "a BerkeleyDB rpm database (rpm before 4.16)",
         ),
         ("/var/lib/rpm/Packages.db", "an ndb rpm database (SUSE)"),
-    ] {
-        if root.exists(db) {
-            return RpmDb::Unreadable(
-                db.into(),
-                format!("{kind}: vmfinal reads only rpmdb.sqlite (rpm 4.16 and later)"),
-            );
-        }
-    }
-    RpmDb::Missing
+    ]
+    .into_iter()
+    .filter(|(db, _)| root.exists(db))
+    .map(|(db, kind)| {
+        (
+            db,
+            format!("{kind}: vmfinal reads only rpmdb.sqlite (rpm 4.16 and later)"),
+        )
+    })
 }
 
 /// One rpm header, its index entries checked against its data store.

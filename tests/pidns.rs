@@ -8,7 +8,7 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
+use std::io::BufRead;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
@@ -65,20 +65,7 @@ fn a_live_run_in_another_pid_namespace_is_not_swept() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut err = BufReader::new(child.stderr.take().unwrap());
-    let mut seen = Vec::new();
-    loop {
-        let mut l = String::new();
-        if err.read_line(&mut l).unwrap_or(0) == 0 {
-            let _ = child.kill();
-            panic!("vmfinal ended before pausing: {seen:?}");
-        }
-        let done = l.contains("paused at clean");
-        seen.push(l);
-        if done {
-            break;
-        }
-    }
+    let (seen, err) = paused_at(&mut child, "clean");
     let ws: Vec<PathBuf> = std::fs::read_dir(d.path())
         .unwrap()
         .flatten()
