@@ -37,21 +37,7 @@ python3 scripts/lvm-move-extents.py "$img" "$roff" root 40
 t0=$(t)
 "$V" finalize --format raw --profiles defaults --json -o "$W/lvm2seg.qcow2" "$img" > "$W/lvm2seg.json"
 t_fin=$(el "$t0" "$(t)")
-pieces=$(python3 - "$W/lvm2seg.json" <<'PY'
-import json, sys
-g = json.load(open(sys.argv[1]))["guest"]
-m = {x["mountpoint"]: x["volume"] for x in g["mounts"]}
-assert m.get("/") == "LVM logical volume vg-guest/root", m
-k = [p for p in g["profiles"] if p["name"] == "kernels"][0]
-assert any(s.get("remove_packages") for s in k["steps"]), "the kernels step had nothing to do"
-checks = sorted(v["check"] or "" for v in g["verified"])
-assert checks == ["e2fsck -fn", "e2fsck -fn"], g["verified"]
-v = [x for x in g["volumes"] if x["name"] == "LVM logical volume vg-guest/root"][0]
-p = v["mapping"]["segments"]["pieces"]
-assert len(p) == 2 and p[0]["disk_start"] + p[0]["len"] != p[1]["disk_start"], p
-print(" ".join(f"{x['disk_start']}:{x['len']}" for x in p))
-PY
-)
+pieces=$(python3 scripts/e2e-layouts-check.py "$W/lvm2seg.json" --segments)
 rm -f "$img"
 "$V" expand --format qcow2 -q -o "$W/lvm2seg-final.raw" "$W/lvm2seg.qcow2"
 rm -f "$W/lvm2seg-lv.img"
